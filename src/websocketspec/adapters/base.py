@@ -1,0 +1,108 @@
+"""The adapter interface: everything the handler asks of a database.
+
+An adapter describes models for the registry and runs validated reads and writes. It
+never sees client text as identifiers: every column, sort and relation arrives checked
+against the registry (:mod:`websocketspec.query`), every value coerced to its column's
+type. Writes run in one transaction each: the write, the re-read of the row, and the
+handler's ``check`` callback (after-hooks, row-security checks), which may raise to
+roll everything back. The :class:`Change` a write returns is published only after the
+transaction commits.
+
+Writing a new adapter: subclass :class:`Adapter`, implement ``describe`` (columns with
+portable types, primary key, relations) and the five data methods, translate driver
+exceptions into :class:`~websocketspec.exceptions.OperationError` (never let a driver
+exception or its text escape), and return rows as plain dicts normalised with
+:func:`websocketspec.protocol.values.normalize`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from websocketspec.protocol.filters import Expr
+from websocketspec.query import ReadQuery
+from websocketspec.registry import EntityInfo, ModelDescription
+from websocketspec.types import Record
+
+__all__ = ["Adapter", "Change", "WriteCheck"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change of one row, as subscribers are told of it.
+
+    ``old`` is the row before (updates, deletes), ``new`` after (creates, updates);
+    both hold every column.
+    """
+
+    operation: str
+    entity: str
+    """The canonical ``schema.entity`` name."""
+    old: Record | None
+    new: Record | None
+
+
+WriteCheck: TypeAlias = Callable[[Change], Awaitable[Any]]
+"""Called inside a write's transaction with its change; returns the data to answer."""
+
+
+class Adapter(ABC):
+    """Runs validated operations against one database through one ORM."""
+
+    @abstractmethod
+    def describe(self, model: Any) -> ModelDescription:
+        """Describe a model's columns (with portable types) and relations."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Prepare for work (open pools, register functions)."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Release every resource."""
+
+    @abstractmethod
+    async def read_many(self, entity: EntityInfo, query: ReadQuery) -> tuple[list[Record], int]:
+        """Return one page of rows and the total count of rows matching ``query.where``."""
+
+    @abstractmethod
+    async def read_one(
+        self, entity: EntityInfo, key: tuple[Any, ...], query: ReadQuery
+    ) -> Record | None:
+        """Return the row with primary key ``key`` if it matches ``query.where``."""
+
+    @abstractmethod
+    async def create(
+        self, entity: EntityInfo, data: Record, check: WriteCheck
+    ) -> tuple[Any, Change]:
+        """Insert a row, re-read it and run ``check`` in one transaction.
+
+        Returns:
+            What ``check`` returned, and the change to publish after commit.
+        """
+
+    @abstractmethod
+    async def update(
+        self,
+        entity: EntityInfo,
+        key: tuple[Any, ...],
+        data: Record,
+        where: Expr | None,
+        check: WriteCheck,
+    ) -> tuple[Any, Change] | None:
+        """Change the columns in ``data`` of the row ``key`` if it matches ``where``.
+
+        Returns:
+            ``None`` when no such row exists, else as :meth:`create`.
+        """
+
+    @abstractmethod
+    async def delete(
+        self,
+        entity: EntityInfo,
+        key: tuple[Any, ...],
+        where: Expr | None,
+        check: WriteCheck,
+    ) -> tuple[Any, Change] | None:
+        """Delete the row ``key`` if it matches ``where``; as :meth:`update`."""

@@ -1,0 +1,501 @@
+"""The SQLAlchemy 2 (async) adapter: SQLite through aiosqlite, PostgreSQL through asyncpg.
+
+Reads and writes use SQLAlchemy Core on the mapped tables (no ORM sessions on the hot
+path). The same filter semantics as the in-memory matcher are enforced per dialect:
+
+- PostgreSQL: text comparisons and sorts use ``COLLATE "C"`` (code-point order);
+  ``ilike`` compares ``lower(col COLLATE "und-x-icu")`` with the pattern folded by
+  :meth:`str.lower` (ICU's full case mapping equals Python's).
+- SQLite: ``like``/``ilike`` call functions registered on each connection that run the
+  very regex the matcher uses (SQLite's own LIKE folds ASCII case). File databases run
+  in WAL mode with ``synchronous=NORMAL`` by default (``synchronous="FULL"`` for full
+  durability on power loss), foreign keys on, and writes take the lock up front
+  (``BEGIN IMMEDIATE``) so that read-then-write transactions never dead-end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from websocketspec.adapters.base import Adapter, Change, WriteCheck
+from websocketspec.exceptions import MissingDependencyError, OperationError, ProtocolError
+from websocketspec.protocol.filters import Condition, Expr, Group, Op, like_pattern, like_regex
+from websocketspec.protocol.values import TEXT_TYPES, ColumnType, normalize, to_utc
+from websocketspec.query import PreloadQuery, ReadQuery
+from websocketspec.registry import ColumnInfo, EntityInfo, ModelDescription, RelationInfo
+from websocketspec.types import Record
+
+try:
+    import sqlalchemy as sa
+    from sqlalchemy import event
+    from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("sqlalchemy", "sqlalchemy") from exc
+
+__all__ = ["SQLAlchemyAdapter", "async_url", "create_engine"]
+
+log = logging.getLogger(__name__)
+
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+
+
+def async_url(url: str) -> str:
+    """Turn a plain database URL into one naming an async driver.
+
+    ``sqlite:///app.db`` becomes ``sqlite+aiosqlite:///app.db`` and ``postgresql://…``
+    becomes ``postgresql+asyncpg://…``; a URL that already names a driver is kept.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"expected a database URL like 'sqlite:///app.db', got {url!r}")
+    if "+" in scheme:
+        return url
+    driver = _DRIVERS.get(scheme.lower())
+    if driver is None:
+        raise ValueError(f"unsupported database URL scheme {scheme!r}")
+    return f"{driver}://{rest}"
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """Create an async engine from a plain or SQLAlchemy-style URL."""
+    return create_async_engine(async_url(url), **kwargs)
+
+
+def _portable_type(column: sa.Column[Any]) -> ColumnType:  # noqa: PLR0911
+    t = column.type
+    if isinstance(t, sa.Boolean):
+        return ColumnType.BOOLEAN
+    if isinstance(t, sa.Integer):
+        return ColumnType.INTEGER
+    if isinstance(t, sa.Float):
+        return ColumnType.FLOAT
+    if isinstance(t, sa.Numeric):
+        return ColumnType.DECIMAL
+    if isinstance(t, sa.DateTime):
+        return ColumnType.DATETIME
+    if isinstance(t, sa.Date):
+        return ColumnType.DATE
+    if isinstance(t, sa.Time):
+        return ColumnType.TIME
+    if isinstance(t, sa.Uuid):
+        return ColumnType.UUID
+    if isinstance(t, sa.JSON):
+        return ColumnType.JSON
+    if isinstance(t, sa.LargeBinary):
+        return ColumnType.BYTES
+    if isinstance(t, sa.Enum):
+        return ColumnType.STRING
+    if isinstance(t, sa.Text):
+        return ColumnType.TEXT
+    if isinstance(t, sa.String):
+        return ColumnType.STRING
+    try:
+        python_type = t.python_type
+    except NotImplementedError:
+        return ColumnType.JSON
+    return {int: ColumnType.INTEGER, float: ColumnType.FLOAT, str: ColumnType.STRING, bool: ColumnType.BOOLEAN}.get(
+        python_type, ColumnType.JSON
+    )
+
+
+def _default(column: sa.Column[Any]) -> tuple[Any, bool]:
+    """A JSON-friendly description of a column's default, and whether it has one."""
+    if column.server_default is not None:
+        arg = getattr(column.server_default, "arg", None)
+        text = getattr(arg, "text", arg)
+        return (text if isinstance(text, (str, int, float, bool)) else None), True
+    if column.default is not None:
+        arg = getattr(column.default, "arg", None)
+        if isinstance(arg, (str, int, float, bool)):
+            return arg, True
+        return None, True
+    if column.primary_key and column.autoincrement in (True, "auto") and isinstance(column.type, sa.Integer):
+        table = column.table
+        single = len(table.primary_key.columns) == 1 if table is not None else True
+        return None, single
+    return None, False
+
+
+class _Mapping:
+    """Per-entity SQL objects: the table and the wire-name to column map."""
+
+    __slots__ = ("columns", "naive", "selectable", "table")
+
+    def __init__(self, table: sa.Table, columns: dict[str, sa.Column[Any]]) -> None:
+        self.table = table
+        self.columns = columns
+        self.naive = frozenset(
+            name
+            for name, col in columns.items()
+            if isinstance(col.type, sa.DateTime) and not col.type.timezone
+        )
+        self.selectable = [col.label(name) if col.key != name or col.name != name else col for name, col in columns.items()]
+
+
+class SQLAlchemyAdapter(Adapter):
+    """Serve SQLAlchemy 2 declarative models.
+
+    Args:
+        engine: an async engine, or a database URL (``sqlite:///app.db``,
+            ``postgresql://user@host/db``) for which one is created and owned.
+        sqlite_synchronous: ``PRAGMA synchronous`` for SQLite file databases:
+            ``NORMAL`` (default, in WAL mode a power loss may lose the last commits
+            but never corrupts) or ``FULL``.
+    """
+
+    def __init__(self, engine: AsyncEngine | str, *, sqlite_synchronous: str = "NORMAL") -> None:
+        self._owns_engine = isinstance(engine, str)
+        self.engine: AsyncEngine = create_engine(engine) if isinstance(engine, str) else engine
+        self.dialect = self.engine.dialect.name
+        if sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"expected NORMAL or FULL, got {sqlite_synchronous!r}")
+        self._sqlite_synchronous = sqlite_synchronous.upper()
+        self._maps: dict[int, _Mapping] = {}
+        if self.dialect == "sqlite":
+            self._install_sqlite_events()
+
+    # -- set-up -------------------------------------------------------------------
+
+    def _install_sqlite_events(self) -> None:
+        sync_engine = self.engine.sync_engine
+        synchronous = self._sqlite_synchronous
+
+        @event.listens_for(sync_engine, "connect")
+        def on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            dbapi_connection.create_function("ws_like", 2, _sqlite_like, deterministic=True)
+            dbapi_connection.create_function("ws_ilike", 2, _sqlite_ilike, deterministic=True)
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(sync_engine, "begin")
+        def on_begin(conn: sa.Connection) -> None:
+            immediate = conn.get_execution_options().get("websocketspec_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    async def stop(self) -> None:
+        """Dispose of the engine if this adapter created it."""
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    def describe(self, model: Any) -> ModelDescription:
+        """Describe a declarative model from its mapper."""
+        mapper = sa.inspect(model, raiseerr=False)
+        if mapper is None or not hasattr(mapper, "column_attrs"):
+            raise TypeError(f"expected a SQLAlchemy mapped class, got {model!r}")
+        table = mapper.local_table
+        if not isinstance(table, sa.Table):
+            raise TypeError(f"model {model!r} is not mapped to a single table")
+        by_column: dict[sa.Column[Any], str] = {}
+        infos: list[ColumnInfo] = []
+        for prop in mapper.column_attrs:
+            column = prop.columns[0]
+            if not isinstance(column, sa.Column) or column.table is not table:
+                continue
+            by_column[column] = prop.key
+            default, has_default = _default(column)
+            infos.append(
+                ColumnInfo(
+                    name=prop.key,
+                    type=_portable_type(column),
+                    nullable=bool(column.nullable) and not column.primary_key,
+                    primary_key=column.primary_key,
+                    default=default,
+                    has_default=has_default,
+                )
+            )
+        relations: list[RelationInfo] = []
+        for rel in mapper.relationships:
+            if rel.secondary is not None:
+                log.info("relation %s.%s goes through a secondary table: not served", model.__name__, rel.key)
+                continue
+            target = rel.mapper.class_
+            target_map = {p.columns[0]: p.key for p in rel.mapper.column_attrs}
+            pairs = rel.local_remote_pairs or []
+            try:
+                local = tuple(by_column[left] for left, _ in pairs)
+                remote = tuple(target_map[right] for _, right in pairs)
+            except KeyError:
+                continue
+            relations.append(
+                RelationInfo(
+                    name=rel.key,
+                    kind="many" if rel.uselist else "one",
+                    target=target,
+                    local_columns=local,
+                    remote_columns=remote,
+                )
+            )
+        self._maps[id(model)] = _Mapping(table, {by_column[c]: c for c in by_column})
+        return ModelDescription(columns=tuple(infos), relations=tuple(relations))
+
+    def _map(self, entity: EntityInfo) -> _Mapping:
+        mapping = entity.state.get("sqlalchemy")
+        if mapping is None:
+            mapping = self._maps.get(id(entity.model))
+            if mapping is None:
+                self.describe(entity.model)
+                mapping = self._maps[id(entity.model)]
+            entity.state["sqlalchemy"] = mapping
+        return mapping
+
+    # -- SQL building -------------------------------------------------------------
+
+    def _bind(self, m: _Mapping, name: str, value: Any) -> Any:
+        if name in m.naive and isinstance(value, datetime):
+            return to_utc(value).replace(tzinfo=None)
+        return value
+
+    def _ordered(self, m: _Mapping, name: str, ctype: ColumnType) -> sa.ColumnElement[Any]:
+        column: sa.ColumnElement[Any] = m.columns[name]
+        if self.dialect == "postgresql" and ctype in TEXT_TYPES:
+            return column.collate("C")
+        return column
+
+    def where(self, m: _Mapping, expr: Expr | None) -> sa.ColumnElement[bool] | None:
+        """Translate a filter expression into a SQL condition."""
+        if expr is None:
+            return None
+        return self._clause(m, expr)
+
+    def _clause(self, m: _Mapping, expr: Expr) -> sa.ColumnElement[bool]:
+        if isinstance(expr, Group):
+            parts = [self._clause(m, item) for item in expr.items]
+            return sa.and_(*parts) if expr.kind == "and" else sa.or_(*parts)
+        return self._condition(m, expr)
+
+    def _condition(self, m: _Mapping, c: Condition) -> sa.ColumnElement[bool]:  # noqa: PLR0911
+        column = m.columns[c.column]
+        op = c.op
+        if op is Op.IS_NULL:
+            return column.is_(None)
+        if op is Op.IS_NOT_NULL:
+            return column.is_not(None)
+        if op in (Op.IN, Op.NOT_IN):
+            values = [self._bind(m, c.column, v) for v in c.value]
+            if op is Op.IN:
+                return column.in_(values) if values else sa.false()
+            # NOT IN () is true even for NULL in SQL; the contract says NULL never matches.
+            return column.not_in(values) if values else column.is_not(None)
+        if op in (Op.LIKE, Op.ILIKE, Op.CONTAINS, Op.STARTSWITH, Op.ENDSWITH):
+            pattern = like_pattern(op, c.value)
+            if self.dialect == "sqlite":
+                fn = sa.func.ws_ilike if op is Op.ILIKE else sa.func.ws_like
+                return fn(column, pattern) == 1
+            if op is Op.ILIKE:
+                folded = sa.func.lower(column.collate("und-x-icu")) if self.dialect == "postgresql" else sa.func.lower(column)
+                return folded.like(pattern, escape="\\")
+            return column.like(pattern, escape="\\")
+        target = self._ordered(m, c.column, c.type)
+        if op is Op.BETWEEN:
+            low, high = (self._bind(m, c.column, v) for v in c.value)
+            return target.between(low, high)
+        value = self._bind(m, c.column, c.value)
+        clause: sa.ColumnElement[bool]
+        if op is Op.EQ:
+            clause = column == value
+        elif op is Op.NEQ:
+            clause = column != value
+        elif op is Op.GT:
+            clause = target > value
+        elif op is Op.GTE:
+            clause = target >= value
+        elif op is Op.LT:
+            clause = target < value
+        else:
+            clause = target <= value
+        return clause
+
+    def _order(self, m: _Mapping, entity: EntityInfo, sort: Sequence[tuple[str, bool]]) -> list[sa.ColumnElement[Any]]:
+        out: list[sa.ColumnElement[Any]] = []
+        for name, descending in sort:
+            column = self._ordered(m, name, entity.column_types[name])
+            out.append(column.desc().nulls_first() if descending else column.asc().nulls_last())
+        return out
+
+    def _row(self, row: sa.Row[Any]) -> Record:
+        return {key: normalize(value) for key, value in row._mapping.items()}
+
+    def _key_clause(self, m: _Mapping, entity: EntityInfo, key: tuple[Any, ...]) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            *(m.columns[name] == self._bind(m, name, value) for name, value in zip(entity.primary_key, key, strict=True))
+        )
+
+    # -- reads --------------------------------------------------------------------
+
+    async def read_many(self, entity: EntityInfo, query: ReadQuery) -> tuple[list[Record], int]:
+        """Read one page of rows and the total count."""
+        m = self._map(entity)
+        where = self.where(m, query.where)
+        stmt = sa.select(*m.selectable).order_by(*self._order(m, entity, query.sort))
+        count = sa.select(sa.func.count()).select_from(m.table)
+        if where is not None:
+            stmt = stmt.where(where)
+            count = count.where(where)
+        stmt = stmt.limit(query.limit).offset(query.offset)
+        try:
+            async with self.engine.connect() as conn:
+                rows = [self._row(r) for r in (await conn.execute(stmt)).all()]
+                total = int((await conn.execute(count)).scalar_one())
+                if query.preload and rows:
+                    await self._preload(conn, rows, query.preload)
+        except SQLAlchemyError as exc:
+            raise _operation_error("read", exc) from exc
+        return rows, total
+
+    async def read_one(self, entity: EntityInfo, key: tuple[Any, ...], query: ReadQuery) -> Record | None:
+        """Read the row with primary key ``key`` if it matches ``query.where``."""
+        m = self._map(entity)
+        stmt = sa.select(*m.selectable).where(self._key_clause(m, entity, key))
+        where = self.where(m, query.where)
+        if where is not None:
+            stmt = stmt.where(where)
+        try:
+            async with self.engine.connect() as conn:
+                found = (await conn.execute(stmt)).first()
+                if found is None:
+                    return None
+                row = self._row(found)
+                if query.preload:
+                    await self._preload(conn, [row], query.preload)
+        except SQLAlchemyError as exc:
+            raise _operation_error("read", exc) from exc
+        return row
+
+    async def _preload(self, conn: AsyncConnection, rows: list[Record], preloads: Sequence[PreloadQuery]) -> None:
+        for p in preloads:
+            rel = p.relation
+            tm = self._map(p.target)
+            keys = {tuple(row.get(c) for c in rel.local_columns) for row in rows}
+            keys = {k for k in keys if None not in k}
+            found: dict[tuple[Any, ...], list[Record]] = {}
+            if keys:
+                remote = [tm.columns[c] for c in rel.remote_columns]
+                match = remote[0].in_([k[0] for k in keys]) if len(remote) == 1 else sa.tuple_(*remote).in_(list(keys))
+                conditions: list[sa.ColumnElement[bool]] = [match]
+                extra = self.where(tm, p.where)
+                if extra is not None:
+                    conditions.append(extra)
+                order = self._order(tm, p.target, p.sort)
+                if p.limit is not None and rel.kind == "many":
+                    rank = sa.func.row_number().over(partition_by=remote, order_by=order).label("_ws_rank")
+                    inner = sa.select(*tm.selectable, rank).where(*conditions).subquery()
+                    stmt = sa.select(*(inner.c[name] for name in tm.columns)).where(inner.c["_ws_rank"] <= p.limit).order_by(inner.c["_ws_rank"])
+                else:
+                    stmt = sa.select(*tm.selectable).where(*conditions).order_by(*order)
+                for r in (await conn.execute(stmt)).all():
+                    child = self._row(r)
+                    found.setdefault(tuple(child[c] for c in rel.remote_columns), []).append(child)
+            for row in rows:
+                children = found.get(tuple(row.get(c) for c in rel.local_columns), [])
+                if p.columns is not None:
+                    children = [{c: child.get(c) for c in p.columns} for child in children]
+                row[rel.name] = children if rel.kind == "many" else (children[0] if children else None)
+
+    # -- writes -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _write(self, operation: str) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as conn:
+                if self.dialect == "sqlite":
+                    conn = await conn.execution_options(websocketspec_write=True)
+                async with conn.begin():
+                    yield conn
+        except ProtocolError:
+            raise
+        except IntegrityError as exc:
+            log.info("%s refused by a constraint: %s", operation, exc.orig)
+            raise OperationError(
+                operation, str(exc.orig), public_message="the database refused the write: a constraint was violated"
+            ) from exc
+        except SQLAlchemyError as exc:
+            raise _operation_error(operation, exc) from exc
+
+    def _returning(self, m: _Mapping) -> list[sa.ColumnElement[Any]]:
+        return list(m.selectable)
+
+    async def create(self, entity: EntityInfo, data: Record, check: WriteCheck) -> tuple[Any, Change]:
+        """Insert a row and re-read it, in one transaction with ``check``."""
+        m = self._map(entity)
+        values = {m.columns[name].key: self._bind(m, name, v) for name, v in data.items()}
+        async with self._write("create") as conn:
+            stmt = sa.insert(m.table).values(values).returning(*self._returning(m))
+            new = self._row((await conn.execute(stmt)).one())
+            change = Change("create", entity.key, None, new)
+            result = await check(change)
+        return result, change
+
+    async def update(
+        self, entity: EntityInfo, key: tuple[Any, ...], data: Record, where: Expr | None, check: WriteCheck
+    ) -> tuple[Any, Change] | None:
+        """Update the columns in ``data`` of one row, in one transaction with ``check``."""
+        m = self._map(entity)
+        values = {m.columns[name].key: self._bind(m, name, v) for name, v in data.items()}
+        async with self._write("update") as conn:
+            old = await self._locked(conn, m, entity, key, where)
+            if old is None:
+                return None
+            stmt = sa.update(m.table).where(self._key_clause(m, entity, key)).values(values).returning(*self._returning(m))
+            new = self._row((await conn.execute(stmt)).one())
+            change = Change("update", entity.key, old, new)
+            result = await check(change)
+        return result, change
+
+    async def delete(
+        self, entity: EntityInfo, key: tuple[Any, ...], where: Expr | None, check: WriteCheck
+    ) -> tuple[Any, Change] | None:
+        """Delete one row, in one transaction with ``check``; answers the old row."""
+        m = self._map(entity)
+        async with self._write("delete") as conn:
+            old = await self._locked(conn, m, entity, key, where)
+            if old is None:
+                return None
+            await conn.execute(sa.delete(m.table).where(self._key_clause(m, entity, key)))
+            change = Change("delete", entity.key, old, None)
+            result = await check(change)
+        return result, change
+
+    async def _locked(
+        self, conn: AsyncConnection, m: _Mapping, entity: EntityInfo, key: tuple[Any, ...], where: Expr | None
+    ) -> Record | None:
+        stmt = sa.select(*m.selectable).where(self._key_clause(m, entity, key))
+        clause = self.where(m, where)
+        if clause is not None:
+            stmt = stmt.where(clause)
+        if self.dialect != "sqlite":
+            stmt = stmt.with_for_update()
+        found = (await conn.execute(stmt)).first()
+        return None if found is None else self._row(found)
+
+
+def _operation_error(operation: str, exc: SQLAlchemyError) -> OperationError:
+    if isinstance(exc, DBAPIError):
+        log.error("%s failed in the database: %s", operation, exc.orig)
+    else:
+        log.error("%s failed: %s", operation, exc)
+    return OperationError(operation, str(exc))
+
+
+def _sqlite_like(value: str | None, pattern: str | None) -> int | None:
+    if value is None or pattern is None:
+        return None
+    return 1 if like_regex(pattern).fullmatch(value) is not None else 0
+
+
+def _sqlite_ilike(value: str | None, pattern: str | None) -> int | None:
+    if value is None or pattern is None:
+        return None
+    return 1 if like_regex(pattern).fullmatch(value.lower()) is not None else 0

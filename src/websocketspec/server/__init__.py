@@ -1,0 +1,1 @@
+"""The server: connections, subscriptions, dispatch and the ASGI application."""

@@ -1,0 +1,317 @@
+"""The ASGI application: a :class:`Handler` serves one WebSocket endpoint.
+
+Mount it anywhere an ASGI app goes (Starlette/FastAPI ``WebSocketRoute``, Litestar,
+Django's ASGI router) or serve it directly with uvicorn. It answers ``lifespan`` scopes
+itself; where a host app does not forward lifespan, use :meth:`Handler.lifespan` or
+let the handler start lazily on its first connection.
+
+Per connection the handler runs one reader (this coroutine) and one writer task. The
+reader decodes frames and starts a task per message, at most ``max_in_flight`` at once:
+past that it stops reading, which pushes back on the client through TCP. The writer
+drains the connection's outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qsl
+
+from websocketspec.adapters.base import Adapter, Change
+from websocketspec.broker.base import Broker
+from websocketspec.broker.memory import MemoryBroker
+from websocketspec.exceptions import InvalidMessageError, ProtocolError, UnauthorizedError
+from websocketspec.hooks import Handshake, HookContext, HookRegistry, HookType
+from websocketspec.protocol.codec import Decoded, decode, encode, error_response
+from websocketspec.registry import ModelRegistry
+from websocketspec.server.config import Config
+from websocketspec.server.connection import Connection, State
+from websocketspec.server.dispatch import Dispatcher, error_info
+from websocketspec.server.subscriptions import Fanout, SubscriptionTable
+from websocketspec.types import ASGIReceive, ASGISend, Scope
+
+__all__ = ["Handler"]
+
+log = logging.getLogger(__name__)
+
+
+def handshake_from_scope(scope: Scope) -> Handshake:
+    """Read the handshake facts hooks may need from an ASGI websocket scope."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", []):
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    query = scope.get("query_string", b"").decode("latin-1")
+    cookies: dict[str, str] = {}
+    if "cookie" in headers:
+        jar: SimpleCookie = SimpleCookie()
+        with suppress(Exception):
+            jar.load(headers["cookie"])
+        cookies = {key: morsel.value for key, morsel in jar.items()}
+    client = scope.get("client")
+    return Handshake(
+        path=scope.get("path", ""),
+        headers=headers,
+        query_params=dict(parse_qsl(query, keep_blank_values=True)),
+        cookies=cookies,
+        client=(str(client[0]), int(client[1])) if client else None,
+        subprotocols=tuple(scope.get("subprotocols", ())),
+    )
+
+
+class Handler:
+    """Serves registered models over one WebSocket endpoint (an ASGI application).
+
+    Args:
+        adapter: does the database work (e.g. ``SQLAlchemyAdapter(engine)``).
+        broker: carries changes between processes; in-process by default.
+        config: limits and timeouts.
+
+    Example:
+        ``handler = Handler(SQLAlchemyAdapter(engine))``, then
+        ``handler.registry.register_model("public.users", User)``.
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        *,
+        broker: Broker | None = None,
+        config: Config | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.config = config or Config()
+        self.registry = ModelRegistry(adapter)
+        self.hooks = HookRegistry()
+        self.broker = broker or MemoryBroker()
+        self.subscriptions = SubscriptionTable()
+        self.fanout = Fanout(self.subscriptions, self.hooks)
+        self.dispatcher = Dispatcher(
+            registry=self.registry,
+            hooks=self.hooks,
+            adapter=adapter,
+            table=self.subscriptions,
+            publish=self._publish,
+            config=self.config,
+        )
+        self.connections: dict[str, Connection] = {}
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._received = 0
+        self._sent = 0
+
+    # -- life cycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the adapter, the fan-out and the broker (idempotent)."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.adapter.start()
+            await self.fanout.start()
+            await self.broker.start(self.fanout.deliver)
+            self._started = True
+
+    async def stop(self) -> None:
+        """Close every connection (1001), then stop the broker, fan-out and adapter."""
+        if not self._started:
+            return
+        self._started = False
+        for conn in list(self.connections.values()):
+            conn.close(1001, "server shutting down")
+        await self.broker.stop()
+        await self.fanout.stop()
+        await self.adapter.stop()
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[Handler]:
+        """Start on entry and stop on exit, for hosts that do not forward lifespan."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    async def _publish(self, change: Change) -> None:
+        await self.broker.publish(change)
+
+    def stats(self) -> dict[str, Any]:
+        """Open connections, subscriptions per entity and message counts."""
+        return {
+            "connections": len(self.connections),
+            "subscriptions": self.subscriptions.counts(),
+            "messages": {
+                "received": self._received + sum(c.received for c in self.connections.values()),
+                "sent": self._sent + sum(c.sent for c in self.connections.values()),
+                "notifications": self.fanout.delivered,
+            },
+        }
+
+    # -- ASGI -------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        """The ASGI entry point."""
+        kind = scope["type"]
+        if kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await send({"type": "http.response.start", "status": 426, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"this endpoint speaks WebSocket only\n"})
+
+    async def _lifespan(self, receive: ASGIReceive, send: ASGISend) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:  # noqa: BLE001 - reported to the server
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _refuse(self, scope: Scope, send: ASGISend, exc: ProtocolError) -> None:
+        status = 401 if isinstance(exc, UnauthorizedError) else 403
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = encode({"error": {"code": exc.code, "message": exc.message}}).encode()
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+
+    async def _websocket(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        event = await receive()
+        if event["type"] != "websocket.connect":
+            return
+        await self.start()
+        conn = Connection(
+            handshake_from_scope(scope),
+            max_queue=self.config.max_queue,
+            max_queue_bytes=self.config.max_queue_bytes,
+        )
+        ctx = HookContext(connection=conn, operation="connect")
+        try:
+            await self.hooks.run_before(HookType.CONNECT, ctx)
+        except ProtocolError as exc:
+            info = error_info(exc, "connect")
+            log.info("connection refused by a connect hook: %s", info.message)
+            await self._refuse(scope, send, exc)
+            return
+        await send({"type": "websocket.accept", "subprotocol": ctx.subprotocol})
+        self.connections[conn.id] = conn
+        writer = asyncio.create_task(self._writer(conn, send), name=f"websocketspec-writer-{conn.id}")
+        try:
+            try:
+                await self.hooks.run_after(HookType.CONNECT, ctx)
+            except ProtocolError as exc:
+                error_info(exc, "connect")
+                conn.close(1008, exc.message[:120])
+            if conn.state is State.OPEN:
+                await self._reader(conn, receive)
+        finally:
+            await self._cleanup(conn, writer)
+
+    async def _reader(self, conn: Connection, receive: ASGIReceive) -> None:
+        slots = asyncio.Semaphore(self.config.max_in_flight)
+        closing = asyncio.ensure_future(conn.closing.wait())
+        try:
+            while True:
+                receiving = asyncio.ensure_future(receive())
+                done, _ = await asyncio.wait({receiving, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if receiving not in done:
+                    receiving.cancel()
+                    return
+                event = receiving.result()
+                if event["type"] == "websocket.disconnect":
+                    conn.state = State.CLOSED
+                    return
+                if event["type"] != "websocket.receive":
+                    continue
+                conn.received += 1
+                text = event.get("text")
+                if text is None:
+                    conn.send(error_response(None, error_info(_binary_error(), None)))
+                    continue
+                for item in decode(text, max_batch=self.config.max_batch):
+                    await slots.acquire()
+                    self._spawn(conn, item, slots)
+        finally:
+            closing.cancel()
+
+    def _spawn(self, conn: Connection, item: Decoded, slots: asyncio.Semaphore) -> None:
+        task = asyncio.create_task(self.dispatcher.handle(conn, item))
+        conn.tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            conn.tasks.discard(t)
+            slots.release()
+
+        task.add_done_callback(done)
+
+    async def _writer(self, conn: Connection, send: ASGISend) -> None:
+        try:
+            while True:
+                await conn.wait()
+                for text in conn.take():
+                    await send({"type": "websocket.send", "text": text})
+                    conn.sent += 1
+                if conn.state is State.CLOSING:
+                    await send({"type": "websocket.close", "code": conn.close_code, "reason": conn.close_reason})
+                    conn.state = State.CLOSED
+                    return
+                if conn.state is State.CLOSED:
+                    return
+        except (OSError, RuntimeError, asyncio.CancelledError):
+            conn.state = State.CLOSED
+            raise
+        except Exception:  # noqa: BLE001 - a dead socket must not kill the server
+            log.debug("writer of %s stopped", conn.id, exc_info=True)
+            conn.state = State.CLOSED
+
+    async def _cleanup(self, conn: Connection, writer: asyncio.Task[None]) -> None:
+        for sub_id in list(conn.subscriptions):
+            self.dispatcher.drop_subscription(conn, sub_id)
+        if conn.tasks:
+            _, pending = await asyncio.wait(set(conn.tasks), timeout=self.config.close_timeout)
+            for task in pending:
+                task.cancel()
+        if conn.state is State.OPEN:
+            conn.close(1000)
+        with suppress(asyncio.TimeoutError, OSError, RuntimeError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(writer), timeout=1.0)
+        if not writer.done():
+            writer.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await writer
+        self.connections.pop(conn.id, None)
+        self._received += conn.received
+        self._sent += conn.sent
+        ctx = HookContext(connection=conn, operation="disconnect")
+        try:
+            await self.hooks.run_before(HookType.DISCONNECT, ctx)
+            await self.hooks.run_after(HookType.DISCONNECT, ctx)
+        except ProtocolError as exc:
+            error_info(exc, "disconnect")
+
+
+def _binary_error() -> ProtocolError:
+    return InvalidMessageError("binary frames are not accepted; send JSON text frames")

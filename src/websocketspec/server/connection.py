@@ -1,0 +1,111 @@
+"""One client connection: its identity, subscriptions and bounded outbox.
+
+Theory of operation. A connection is OPEN from the accepted handshake until either
+side closes. Everything sent to the client goes through :meth:`Connection.send`, which
+never blocks: it appends the encoded frame to the outbox and wakes the writer task
+(owned by the shell that accepted the socket). When the outbox exceeds its message or
+byte bound the connection is marked CLOSING with code 1013: the writer sends what it
+must and closes, so a slow client never makes the server grow without bound nor holds
+back anyone else, and a client that stays connected never misses a message silently.
+Once CLOSING or CLOSED, :meth:`send` drops frames: the client is gone or going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from websocketspec.hooks import Handshake
+from websocketspec.protocol.codec import encode
+
+if TYPE_CHECKING:
+    from websocketspec.server.subscriptions import Subscription
+
+__all__ = ["Connection", "State"]
+
+
+class State(Enum):
+    """Where a connection is in its life."""
+
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class Connection:
+    """The server side of one WebSocket connection.
+
+    Args:
+        handshake: the request that opened it.
+        max_queue: messages waiting to be sent before the connection is closed.
+        max_queue_bytes: bytes waiting to be sent before the connection is closed.
+    """
+
+    def __init__(self, handshake: Handshake, *, max_queue: int, max_queue_bytes: int) -> None:
+        self.id = uuid.uuid4().hex
+        self.handshake = handshake
+        self.metadata: dict[str, Any] = {}
+        """Free storage for hooks: identity, roles, anything."""
+        self.subscriptions: dict[str, Subscription] = {}
+        self.state = State.OPEN
+        self.close_code = 1000
+        self.close_reason = ""
+        self.sent = 0
+        self.received = 0
+        self._outbox: deque[str] = deque()
+        self._queued_bytes = 0
+        self._max_queue = max_queue
+        self._max_queue_bytes = max_queue_bytes
+        self._wake = asyncio.Event()
+        self.closing = asyncio.Event()
+        """Set once the server decided to close this connection."""
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.state.name}>"
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue a message for the client; never blocks."""
+        self.send_text(encode(message))
+
+    def send_text(self, text: str) -> None:
+        """Queue an encoded frame for the client; never blocks."""
+        if self.state is not State.OPEN:
+            return
+        self._outbox.append(text)
+        self._queued_bytes += len(text)
+        if len(self._outbox) > self._max_queue or self._queued_bytes > self._max_queue_bytes:
+            self._outbox.clear()
+            self._queued_bytes = 0
+            self.close(1013, "send queue full: the client reads too slowly")
+            return
+        self._wake.set()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Ask the writer to close the connection after what is queued."""
+        if self.state is State.OPEN:
+            self.state = State.CLOSING
+            self.close_code = code
+            self.close_reason = reason
+        self.closing.set()
+        self._wake.set()
+
+    def take(self) -> list[str]:
+        """Take every queued frame (for the writer)."""
+        frames = list(self._outbox)
+        self._outbox.clear()
+        self._queued_bytes = 0
+        self._wake.clear()
+        return frames
+
+    async def wait(self) -> None:
+        """Wait until there is something to send or the connection is closing."""
+        await self._wake.wait()
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting in the outbox."""
+        return len(self._outbox)

@@ -1,0 +1,335 @@
+"""Request to hooks to adapter to response: the one place exceptions become errors.
+
+Each decoded message is handled by :meth:`Dispatcher.handle`, which always answers:
+either the operation's result or an error response with a stable code. Exceptions of
+ours carry their code and client-safe message; database failures answer
+``<operation>_error`` with a neutral message; anything unexpected is logged with its
+traceback and answers ``<operation>_error`` (``internal_error`` outside an operation).
+
+Ordering: a writer's response is queued before the change is published, and a
+subscription joins the table only after its response is queued. Writes to one entity
+are serialised from the write until the change is published, so that this process
+publishes each entity's changes in commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from websocketspec.adapters.base import Adapter, Change
+from websocketspec.exceptions import (
+    HookError,
+    InvalidMessageError,
+    InvalidModelError,
+    LimitError,
+    NotFoundError,
+    OperationError,
+    ProtocolError,
+    UnauthorizedError,
+)
+from websocketspec.hooks import HookContext, HookRegistry, HookType
+from websocketspec.protocol.codec import Decoded, error_response, pong, response
+from websocketspec.protocol.filters import Expr, matches
+from websocketspec.protocol.messages import (
+    REQUEST_OPERATIONS,
+    SUBSCRIPTION_OPERATIONS,
+    ErrorInfo,
+    Message,
+    MessageType,
+    Operation,
+    QueryOptions,
+)
+from websocketspec.query import (
+    build_read_query,
+    build_where,
+    parse_record_id,
+    project,
+    validate_columns,
+    validate_data,
+)
+from websocketspec.registry import EntityInfo, ModelRegistry
+from websocketspec.server.config import Config
+from websocketspec.server.connection import Connection
+from websocketspec.server.subscriptions import Subscription, SubscriptionTable
+
+__all__ = ["Dispatcher", "error_info"]
+
+log = logging.getLogger(__name__)
+
+_CRUD = frozenset({"read", "create", "update", "delete"})
+_OPERATIONS = {op.value: op for op in Operation}
+
+
+def error_info(exc: BaseException, operation: str | None) -> ErrorInfo:
+    """Turn an exception into the error a client sees (and log what it must not)."""
+    if isinstance(exc, HookError):
+        log.error("hook failed during %s", operation or "a message", exc_info=exc.__cause__ or exc)
+        return ErrorInfo(exc.code, exc.message, exc.details)
+    if isinstance(exc, ProtocolError):
+        return ErrorInfo(exc.code, exc.message, exc.details)
+    if isinstance(exc, OperationError):
+        return ErrorInfo(exc.code, exc.public_message)
+    log.error("unexpected error during %s", operation or "a message", exc_info=exc)
+    if operation in _CRUD:
+        return ErrorInfo(f"{operation}_error", f"the {operation} failed")
+    return ErrorInfo("internal_error", "an internal error occurred")
+
+
+class Dispatcher:
+    """Handles the messages of every connection."""
+
+    def __init__(
+        self,
+        *,
+        registry: ModelRegistry,
+        hooks: HookRegistry,
+        adapter: Adapter,
+        table: SubscriptionTable,
+        publish: Callable[[Change], Any],
+        config: Config,
+    ) -> None:
+        self.registry = registry
+        self.hooks = hooks
+        self.adapter = adapter
+        self.table = table
+        self._publish = publish
+        self.config = config
+        self.limits = config.limits
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def handle(self, conn: Connection, item: Decoded) -> None:
+        """Answer one decoded message on ``conn``; never raises."""
+        msg = item.message
+        if msg is None:
+            error = item.error or InvalidMessageError("invalid message")
+            conn.send(error_response(item.id, error_info(error, None)))
+            return
+        operation = msg.operation if isinstance(msg.operation, str) else None
+        try:
+            answer = await self._route(conn, msg)
+        except Exception as exc:  # noqa: BLE001 - the one place errors become responses
+            conn.send(error_response(msg.id, error_info(exc, operation)))
+            return
+        if answer is not None:
+            conn.send(answer)
+
+    async def _route(self, conn: Connection, msg: Message) -> dict[str, Any] | None:
+        kind = msg.type
+        if kind is None:
+            raise InvalidMessageError("type is required")
+        if kind == MessageType.PING:
+            return pong(msg.id)
+        if kind not in (MessageType.REQUEST, MessageType.SUBSCRIPTION):
+            raise InvalidMessageError(
+                f"type must be 'request', 'subscription' or 'ping', got {kind!r}",
+                code="invalid_message_type",
+            )
+        if msg.id is None or msg.id == "":
+            raise InvalidMessageError("id is required")
+        if not msg.operation:
+            raise InvalidMessageError("operation is required")
+        op = _OPERATIONS.get(msg.operation)
+        allowed = REQUEST_OPERATIONS if kind == MessageType.REQUEST else SUBSCRIPTION_OPERATIONS
+        if op is None or op not in allowed:
+            names = ", ".join(sorted(str(o) for o in allowed))
+            raise InvalidMessageError(
+                f"operation {msg.operation!r} is not valid for type {kind!r}; expected one of {names}",
+                code="invalid_operation",
+            )
+        if op is Operation.UNSUBSCRIBE:
+            return await self._unsubscribe(conn, msg)
+        if not msg.entity:
+            raise InvalidMessageError("entity is required")
+        entity = self.registry.get(msg.entity, msg.schema)
+        if op in (Operation.CREATE, Operation.UPDATE) and not isinstance(msg.data, dict):
+            raise InvalidModelError("data must be an object holding the row's columns")
+        ctx = HookContext(
+            connection=conn,
+            operation=op.value,
+            schema=entity.schema,
+            entity=entity.name,
+            record_id=msg.record_id,
+            options=msg.options if msg.options is not None else QueryOptions(),
+            data=msg.data if isinstance(msg.data, dict) else None,
+            message=msg,
+        )
+        await self.hooks.run_before(HookType.HANDLE, ctx)
+        if op is Operation.SUBSCRIBE:
+            await self._subscribe(conn, msg, entity, ctx)
+            return None
+        await self.hooks.run_before(HookType(op.value), ctx)
+        if op is Operation.READ:
+            return await self._read(msg, entity, ctx)
+        if op is Operation.META:
+            return await self._meta(msg, entity, ctx)
+        await self._write(conn, msg, op, entity, ctx)
+        return None
+
+    # -- reads --------------------------------------------------------------------
+
+    async def _read(self, msg: Message, entity: EntityInfo, ctx: HookContext) -> dict[str, Any]:
+        query = build_read_query(self.registry, entity, ctx.options, ctx.security_filters, self.limits)
+        keep = tuple(p.relation.name for p in query.preload)
+        if ctx.record_id is not None:
+            key = parse_record_id(entity, ctx.record_id)
+            row = await self.adapter.read_one(entity, key, query)
+            if row is None:
+                raise NotFoundError(f"no {entity.name} row has id {ctx.record_id!r}")
+            ctx.result = project(row, query.columns, keep)
+            await self.hooks.run_after(HookType.READ, ctx)
+            return response(msg.id, ctx.result)
+        rows, total = await self.adapter.read_many(entity, query)
+        ctx.result = [project(row, query.columns, keep) for row in rows]
+        await self.hooks.run_after(HookType.READ, ctx)
+        result = ctx.result if ctx.result is not None else []
+        count = len(result) if isinstance(result, list) else 1
+        metadata = {"total": total, "count": count, "limit": query.limit, "offset": query.offset}
+        return response(msg.id, result, metadata)
+
+    async def _meta(self, msg: Message, entity: EntityInfo, ctx: HookContext) -> dict[str, Any]:
+        relations = []
+        for rel in entity.relations.values():
+            target = self.registry.for_model(rel.target)
+            if target is None:
+                continue
+            relations.append(
+                {
+                    "name": rel.name,
+                    "kind": rel.kind,
+                    "schema": target.schema,
+                    "entity": target.name,
+                    "local_columns": list(rel.local_columns),
+                    "remote_columns": list(rel.remote_columns),
+                }
+            )
+        ctx.result = {
+            "schema": entity.schema,
+            "entity": entity.name,
+            "primary_key": list(entity.primary_key),
+            "columns": [
+                {
+                    "name": c.name,
+                    "type": c.type.value,
+                    "nullable": c.nullable,
+                    "primary_key": c.primary_key,
+                    "default": c.default,
+                }
+                for c in entity.columns.values()
+            ],
+            "relations": relations,
+        }
+        await self.hooks.run_after(HookType.META, ctx)
+        return response(msg.id, ctx.result)
+
+    # -- writes -------------------------------------------------------------------
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def _write(
+        self, conn: Connection, msg: Message, op: Operation, entity: EntityInfo, ctx: HookContext
+    ) -> None:
+        guard = build_where(entity, [], ctx.security_filters, self.limits)
+        hook_type = HookType(op.value)
+
+        async def check(change: Change) -> Any:
+            row = change.new if change.new is not None else change.old
+            if change.new is not None and not matches(guard, change.new):
+                raise UnauthorizedError("the row would be outside what this connection may write")
+            ctx.result = dict(row) if row is not None else None
+            if row is not None and ctx.record_id is None:
+                ctx.record_id = _key_of(entity, row)
+            await self.hooks.run_after(hook_type, ctx)
+            return ctx.result
+
+        if op is Operation.CREATE:
+            data = validate_data(entity, ctx.data, partial=False)
+            async with self._lock(entity.key):
+                result, change = await self.adapter.create(entity, data, check)
+                conn.send(response(msg.id, result))
+                await self._publish(change)
+            return
+        key = parse_record_id(entity, ctx.record_id)
+        where: Expr | None = build_where(entity, ctx.options.filters, ctx.security_filters, self.limits)
+        async with self._lock(entity.key):
+            if op is Operation.UPDATE:
+                data = validate_data(entity, ctx.data, partial=True, key=key)
+                outcome = await self.adapter.update(entity, key, data, where, check)
+            else:
+                outcome = await self.adapter.delete(entity, key, where, check)
+            if outcome is None:
+                raise NotFoundError(f"no {entity.name} row has id {ctx.record_id!r}")
+            result, change = outcome
+            conn.send(response(msg.id, result))
+            await self._publish(change)
+
+    # -- subscriptions ------------------------------------------------------------
+
+    async def _subscribe(
+        self, conn: Connection, msg: Message, entity: EntityInfo, ctx: HookContext
+    ) -> None:
+        # A subscription is a standing read: before-read hooks (row security) apply.
+        await self.hooks.run_before(HookType.READ, ctx)
+        await self.hooks.run_before(HookType.SUBSCRIBE, ctx)
+        where = build_where(entity, ctx.options.filters, ctx.security_filters, self.limits)
+        columns = validate_columns(entity, ctx.options.columns)
+        if len(conn.subscriptions) >= self.config.max_subscriptions:
+            raise LimitError(
+                f"a connection may hold at most {self.config.max_subscriptions} subscriptions",
+                code="too_many_subscriptions",
+            )
+        sub = Subscription(
+            id=f"sub-{uuid.uuid4().hex}",
+            connection=conn,
+            entity=entity,
+            where=where,
+            columns=columns,
+        )
+        ctx.subscription_id = sub.id
+        ctx.result = {"subscription_id": sub.id, "schema": entity.schema, "entity": entity.name}
+        await self.hooks.run_after(HookType.SUBSCRIBE, ctx)
+        conn.send(response(msg.id, ctx.result))
+        conn.subscriptions[sub.id] = sub
+        self.table.add(sub)
+
+    async def _unsubscribe(self, conn: Connection, msg: Message) -> dict[str, Any]:
+        if not msg.subscription_id:
+            raise NotFoundError("subscription_id is required", code="missing_subscription_id")
+        sub = conn.subscriptions.get(msg.subscription_id)
+        if sub is None:
+            raise NotFoundError(
+                f"this connection has no subscription {msg.subscription_id!r}",
+                code="subscription_not_found",
+            )
+        ctx = HookContext(
+            connection=conn,
+            operation=Operation.UNSUBSCRIBE.value,
+            schema=sub.entity.schema,
+            entity=sub.entity.name,
+            message=msg,
+            subscription_id=sub.id,
+        )
+        await self.hooks.run_before(HookType.HANDLE, ctx)
+        await self.hooks.run_before(HookType.UNSUBSCRIBE, ctx)
+        self.drop_subscription(conn, sub.id)
+        ctx.result = {"unsubscribed": True, "subscription_id": sub.id}
+        await self.hooks.run_after(HookType.UNSUBSCRIBE, ctx)
+        return response(msg.id, ctx.result)
+
+    def drop_subscription(self, conn: Connection, sub_id: str) -> None:
+        """Remove one subscription of a connection."""
+        conn.subscriptions.pop(sub_id, None)
+        self.table.remove(sub_id)
+
+
+def _key_of(entity: EntityInfo, row: dict[str, Any]) -> Any:
+    if len(entity.primary_key) == 1:
+        return row.get(entity.primary_key[0])
+    return {name: row.get(name) for name in entity.primary_key}

@@ -1,0 +1,279 @@
+"""The subscription table and fan-out: which subscriptions a change reaches, and how.
+
+Subscriptions are indexed by entity and, where their filter has a top-level equality
+condition, by that ``(column, value)``: a change is tested only against the
+subscriptions indexed under its old and new values plus the entity's residual
+(unindexed) ones. Each candidate is evaluated in memory with the same operator table
+as the SQL path, against the row before and after the change, and told what the change
+means for it: ``create`` (the row entered), ``update`` (it stayed) or ``delete`` (it
+left, with the old row).
+
+Fan-out never awaits a client. Changes are processed in the order they arrive; when
+after-read hooks exist (masking), each subscriber's copy passes through them first,
+still in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from websocketspec.adapters.base import Change
+from websocketspec.exceptions import HookError, ProtocolError
+from websocketspec.hooks import HookContext, HookRegistry, HookType
+from websocketspec.protocol.codec import now
+from websocketspec.protocol.filters import Condition, Expr, Group, Op, matches
+from websocketspec.query import project
+from websocketspec.registry import EntityInfo
+from websocketspec.server.connection import Connection
+
+__all__ = ["Fanout", "Subscription", "SubscriptionTable"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """One client's standing interest in an entity's changes."""
+
+    id: str
+    connection: Connection
+    entity: EntityInfo
+    where: Expr | None
+    columns: tuple[str, ...] | None
+    index_key: tuple[str, Any] | None = field(default=None)
+
+
+def _index_key(where: Expr | None) -> tuple[str, Any] | None:
+    """Pick an equality condition that every matching row must satisfy."""
+    candidates: tuple[Expr, ...]
+    if isinstance(where, Condition):
+        candidates = (where,)
+    elif isinstance(where, Group) and where.kind == "and":
+        candidates = where.items
+    else:
+        return None
+    for item in candidates:
+        if isinstance(item, Condition) and item.op is Op.EQ:
+            try:
+                hash(item.value)
+            except TypeError:
+                continue
+            return item.column, item.value
+    return None
+
+
+@dataclass(slots=True)
+class _EntitySubscriptions:
+    indexed: dict[str, dict[Any, dict[str, Subscription]]] = field(default_factory=dict)
+    residual: dict[str, Subscription] = field(default_factory=dict)
+    count: int = 0
+
+
+class SubscriptionTable:
+    """Every live subscription of this process, indexed for matching."""
+
+    def __init__(self) -> None:
+        self._entities: dict[str, _EntitySubscriptions] = {}
+        self._by_id: dict[str, Subscription] = {}
+
+    def add(self, sub: Subscription) -> None:
+        """Add a subscription to the index."""
+        sub.index_key = _index_key(sub.where)
+        bucket = self._entities.setdefault(sub.entity.key, _EntitySubscriptions())
+        if sub.index_key is None:
+            bucket.residual[sub.id] = sub
+        else:
+            column, value = sub.index_key
+            bucket.indexed.setdefault(column, {}).setdefault(value, {})[sub.id] = sub
+        bucket.count += 1
+        self._by_id[sub.id] = sub
+
+    def remove(self, sub_id: str) -> Subscription | None:
+        """Remove a subscription; returns it, or ``None`` if unknown."""
+        sub = self._by_id.pop(sub_id, None)
+        if sub is None:
+            return None
+        bucket = self._entities[sub.entity.key]
+        if sub.index_key is None:
+            bucket.residual.pop(sub.id, None)
+        else:
+            column, value = sub.index_key
+            by_value = bucket.indexed[column]
+            subs = by_value[value]
+            subs.pop(sub.id, None)
+            if not subs:
+                del by_value[value]
+                if not by_value:
+                    del bucket.indexed[column]
+        bucket.count -= 1
+        if bucket.count == 0:
+            del self._entities[sub.entity.key]
+        return sub
+
+    def candidates(self, change: Change) -> Iterator[Subscription]:
+        """Subscriptions that the change may concern (a superset of the matches)."""
+        bucket = self._entities.get(change.entity)
+        if bucket is None:
+            return
+        yield from bucket.residual.values()
+        for column, by_value in bucket.indexed.items():
+            seen: Any = _MISSING
+            for row in (change.old, change.new):
+                if row is None:
+                    continue
+                value = row.get(column)
+                if value is None or value == seen:
+                    continue
+                seen = value
+                try:
+                    subs = by_value.get(value)
+                except TypeError:
+                    continue
+                if subs:
+                    yield from subs.values()
+
+    def counts(self) -> dict[str, int]:
+        """Live subscriptions per entity."""
+        return {key: bucket.count for key, bucket in self._entities.items()}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+_MISSING = object()
+
+
+def classify(sub: Subscription, change: Change) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """What a change means for one subscription: (operation, row, metadata), or ``None``."""
+    source = change.operation
+    before = change.old is not None and matches(sub.where, change.old)
+    after = change.new is not None and matches(sub.where, change.new)
+    if source == "create":
+        if after and change.new is not None:
+            return "create", change.new, {"source_operation": source}
+        return None
+    if source == "delete":
+        if before and change.old is not None:
+            return "delete", change.old, {"source_operation": source}
+        return None
+    if before and after and change.new is not None:
+        return "update", change.new, {"source_operation": source, "change": "stay"}
+    if after and change.new is not None:
+        return "create", change.new, {"source_operation": source, "change": "enter"}
+    if before and change.old is not None:
+        return "delete", change.old, {"source_operation": source, "change": "leave"}
+    return None
+
+
+class Fanout:
+    """Delivers committed changes to matching subscriptions, in order.
+
+    Args:
+        table: the subscriptions to match against.
+        hooks: after-read hooks shape each subscriber's copy.
+    """
+
+    def __init__(self, table: SubscriptionTable, hooks: HookRegistry) -> None:
+        self.table = table
+        self.hooks = hooks
+        self._pending: deque[Change] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.delivered = 0
+
+    async def start(self) -> None:
+        """Start the worker that handles changes needing async hooks."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="websocketspec-fanout")
+
+    async def stop(self) -> None:
+        """Stop the worker."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        # Connections are closing: what is pending has nobody left to reach.
+        self._pending.clear()
+
+    def deliver(self, change: Change) -> None:
+        """Accept a committed change (a broker's sink); never blocks."""
+        if not self._pending and not self.hooks.has_after(HookType.READ):
+            self._deliver_sync(change)
+            return
+        self._pending.append(change)
+        self._wake.set()
+
+    def _deliver_sync(self, change: Change) -> None:
+        for sub, operation, row, meta in self._matches(change):
+            self._send(sub, operation, row, meta)
+
+    def _matches(self, change: Change) -> Iterator[tuple[Subscription, str, dict[str, Any], dict[str, Any]]]:
+        for sub in list(self.table.candidates(change)):
+            outcome = classify(sub, change)
+            if outcome is None:
+                continue
+            operation, row, meta = outcome
+            yield sub, operation, project(row, sub.columns, sub.entity.primary_key), meta
+
+    def _send(self, sub: Subscription, operation: str, data: Any, meta: dict[str, Any]) -> None:
+        if sub.id not in sub.connection.subscriptions:
+            return
+        sub.connection.send(
+            {
+                "type": "notification",
+                "operation": operation,
+                "subscription_id": sub.id,
+                "schema": sub.entity.schema,
+                "entity": sub.entity.name,
+                "data": data,
+                "metadata": meta,
+                "timestamp": now(),
+            }
+        )
+        self.delivered += 1
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                change = self._pending[0]
+                try:
+                    await self._deliver_hooked(change)
+                except Exception:  # noqa: BLE001 - the worker must outlive any change
+                    log.exception("fan-out of a change to %s failed", change.entity)
+                self._pending.popleft()
+
+    async def _deliver_hooked(self, change: Change) -> None:
+        if not self.hooks.has_after(HookType.READ):
+            self._deliver_sync(change)
+            return
+        for sub, operation, row, meta in list(self._matches(change)):
+            ctx = HookContext(
+                connection=sub.connection,
+                operation="read",
+                schema=sub.entity.schema,
+                entity=sub.entity.name,
+                record_id=None,
+                result=dict(row),
+                subscription_id=sub.id,
+            )
+            try:
+                await self.hooks.run_after(HookType.READ, ctx)
+            except HookError as exc:
+                log.error("an after-read hook failed; notification withheld from %s", sub.id, exc_info=exc.__cause__)
+                continue
+            except ProtocolError as exc:
+                log.info("an after-read hook withheld a notification from %s: %s", sub.id, exc.message)
+                continue
+            if ctx.result is None:
+                continue
+            self._send(sub, operation, ctx.result, meta)
