@@ -94,13 +94,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--database", default="sqlite:///app.db", help="database URL (default: sqlite:///app.db)")
+    parser.add_argument(
+        "--database",
+        default="sqlite:///app.db",
+        help="database URL (default: sqlite:///app.db)",
+    )
     args = parser.parse_args(argv)
 
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(f"websocketspec quickstart: ws://{args.host}:{args.port}/ws on {args.database}")
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    print(
+        f"websocketspec quickstart: ws://{args.host}:{args.port}/ws on {args.database}"
+    )
     uvicorn.run(
         app(args.database),
         host=args.host,

@@ -153,11 +153,17 @@ class HookRegistry:
 
     def register_before(self, hook_type: HookType, hook: Hook) -> None:
         """Register a hook to run before ``hook_type``."""
-        self._before[HookType(hook_type)] = (*self._before.get(HookType(hook_type), ()), _check(hook))
+        self._before[HookType(hook_type)] = (
+            *self._before.get(HookType(hook_type), ()),
+            _check(hook),
+        )
 
     def register_after(self, hook_type: HookType, hook: Hook) -> None:
         """Register a hook to run after ``hook_type``."""
-        self._after[HookType(hook_type)] = (*self._after.get(HookType(hook_type), ()), _check(hook))
+        self._after[HookType(hook_type)] = (
+            *self._after.get(HookType(hook_type), ()),
+            _check(hook),
+        )
 
     def has_before(self, hook_type: HookType) -> bool:
         """Whether any before hook is registered for ``hook_type``."""

@@ -69,7 +69,9 @@ class ReadQuery:
     preload: tuple[PreloadQuery, ...] = ()
 
 
-def _columns(entity: EntityInfo, columns: Sequence[str] | None) -> tuple[str, ...] | None:
+def _columns(
+    entity: EntityInfo, columns: Sequence[str] | None
+) -> tuple[str, ...] | None:
     if not columns:
         return None
     for name in columns:
@@ -82,7 +84,9 @@ def _columns(entity: EntityInfo, columns: Sequence[str] | None) -> tuple[str, ..
     return tuple(dict.fromkeys(columns))
 
 
-def _sort(entity: EntityInfo, sort: Sequence[SortOption]) -> tuple[tuple[str, bool], ...]:
+def _sort(
+    entity: EntityInfo, sort: Sequence[SortOption]
+) -> tuple[tuple[str, bool], ...]:
     out: list[tuple[str, bool]] = []
     seen: set[str] = set()
     for option in sort:
@@ -120,7 +124,8 @@ def _count(name: str, value: int | None, default: int | None) -> int | None:
         return default
     if isinstance(value, bool) or value < 0:
         raise InvalidMessageError(
-            f"{name} must be a non-negative integer, got {value!r}", details={"field": name}
+            f"{name} must be a non-negative integer, got {value!r}",
+            details={"field": name},
         )
     return value
 
@@ -181,7 +186,9 @@ def build_read_query(
     )
 
 
-def validate_columns(entity: EntityInfo, columns: Sequence[str] | None) -> tuple[str, ...] | None:
+def validate_columns(
+    entity: EntityInfo, columns: Sequence[str] | None
+) -> tuple[str, ...] | None:
     """Check a ``columns`` option; ``None`` or empty means every column."""
     return _columns(entity, columns)
 
@@ -219,7 +226,8 @@ def parse_record_id(entity: EntityInfo, record_id: Any) -> tuple[Any, ...]:
         )
     except ValueError as exc:
         raise InvalidMessageError(
-            f"record_id does not fit the primary key: {exc}", details={"field": "record_id"}
+            f"record_id does not fit the primary key: {exc}",
+            details={"field": "record_id"},
         ) from None
 
 
@@ -260,12 +268,18 @@ def validate_data(
             raise InvalidModelError("data must name at least one column to change")
     if not partial:
         for column in entity.columns.values():
-            if column.name not in out and not column.nullable and not column.has_default:
+            if (
+                column.name not in out
+                and not column.nullable
+                and not column.has_default
+            ):
                 raise ValidationError(f"{column.name} is required", field=column.name)
     return out
 
 
-def project(row: dict[str, Any], columns: tuple[str, ...] | None, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+def project(
+    row: dict[str, Any], columns: tuple[str, ...] | None, keep: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Limit a row to ``columns`` (plus ``keep``), in the order asked for."""
     if columns is None:
         return row

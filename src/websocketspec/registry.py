@@ -98,7 +98,9 @@ class ModelRegistry:
         default_schema: the schema used when a name or a message has none.
     """
 
-    def __init__(self, inspector: ModelInspector, default_schema: str = DEFAULT_SCHEMA) -> None:
+    def __init__(
+        self, inspector: ModelInspector, default_schema: str = DEFAULT_SCHEMA
+    ) -> None:
         self._inspector = inspector
         self.default_schema = default_schema
         self._entities: dict[str, EntityInfo] = {}
@@ -112,7 +114,9 @@ class ModelRegistry:
         """
         schema, entity = self.split(name)
         if not entity or not schema:
-            raise ConfigurationError(f"expected a name like 'public.users', got {name!r}")
+            raise ConfigurationError(
+                f"expected a name like 'public.users', got {name!r}"
+            )
         key = f"{schema}.{entity}"
         if key in self._entities:
             raise ConfigurationError(f"a model is already registered as {key!r}")

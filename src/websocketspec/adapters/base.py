@@ -63,7 +63,9 @@ class Adapter(ABC):
         """Release every resource."""
 
     @abstractmethod
-    async def read_many(self, entity: EntityInfo, query: ReadQuery) -> tuple[list[Record], int]:
+    async def read_many(
+        self, entity: EntityInfo, query: ReadQuery
+    ) -> tuple[list[Record], int]:
         """Return one page of rows and the total count of rows matching ``query.where``."""
 
     @abstractmethod

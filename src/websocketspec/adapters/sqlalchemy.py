@@ -22,11 +22,27 @@ from datetime import datetime
 from typing import Any
 
 from websocketspec.adapters.base import Adapter, Change, WriteCheck
-from websocketspec.exceptions import MissingDependencyError, OperationError, ProtocolError
-from websocketspec.protocol.filters import Condition, Expr, Group, Op, like_pattern, like_regex
+from websocketspec.exceptions import (
+    MissingDependencyError,
+    OperationError,
+    ProtocolError,
+)
+from websocketspec.protocol.filters import (
+    Condition,
+    Expr,
+    Group,
+    Op,
+    like_pattern,
+    like_regex,
+)
 from websocketspec.protocol.values import TEXT_TYPES, ColumnType, normalize, to_utc
 from websocketspec.query import PreloadQuery, ReadQuery
-from websocketspec.registry import ColumnInfo, EntityInfo, ModelDescription, RelationInfo
+from websocketspec.registry import (
+    ColumnInfo,
+    EntityInfo,
+    ModelDescription,
+    RelationInfo,
+)
 from websocketspec.types import Record
 
 try:
@@ -56,7 +72,9 @@ def async_url(url: str) -> str:
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ValueError(f"expected a database URL like 'sqlite:///app.db', got {url!r}")
+        raise ValueError(
+            f"expected a database URL like 'sqlite:///app.db', got {url!r}"
+        )
     if "+" in scheme:
         return url
     driver = _DRIVERS.get(scheme.lower())
@@ -70,7 +88,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(async_url(url), **kwargs)
 
 
-def _portable_type(column: sa.Column[Any]) -> ColumnType:  # noqa: PLR0911
+def _portable_type(column: sa.Column[Any]) -> ColumnType:
     t = column.type
     if isinstance(t, sa.Boolean):
         return ColumnType.BOOLEAN
@@ -102,9 +120,12 @@ def _portable_type(column: sa.Column[Any]) -> ColumnType:  # noqa: PLR0911
         python_type = t.python_type
     except NotImplementedError:
         return ColumnType.JSON
-    return {int: ColumnType.INTEGER, float: ColumnType.FLOAT, str: ColumnType.STRING, bool: ColumnType.BOOLEAN}.get(
-        python_type, ColumnType.JSON
-    )
+    return {
+        int: ColumnType.INTEGER,
+        float: ColumnType.FLOAT,
+        str: ColumnType.STRING,
+        bool: ColumnType.BOOLEAN,
+    }.get(python_type, ColumnType.JSON)
 
 
 def _default(column: sa.Column[Any]) -> tuple[Any, bool]:
@@ -118,7 +139,11 @@ def _default(column: sa.Column[Any]) -> tuple[Any, bool]:
         if isinstance(arg, (str, int, float, bool)):
             return arg, True
         return None, True
-    if column.primary_key and column.autoincrement in (True, "auto") and isinstance(column.type, sa.Integer):
+    if (
+        column.primary_key
+        and column.autoincrement in (True, "auto")
+        and isinstance(column.type, sa.Integer)
+    ):
         table = column.table
         single = len(table.primary_key.columns) == 1 if table is not None else True
         return None, single
@@ -138,7 +163,10 @@ class _Mapping:
             for name, col in columns.items()
             if isinstance(col.type, sa.DateTime) and not col.type.timezone
         )
-        self.selectable = [col.label(name) if col.key != name or col.name != name else col for name, col in columns.items()]
+        self.selectable = [
+            col.label(name) if col.key != name or col.name != name else col
+            for name, col in columns.items()
+        ]
 
 
 class SQLAlchemyAdapter(Adapter):
@@ -152,9 +180,13 @@ class SQLAlchemyAdapter(Adapter):
             but never corrupts) or ``FULL``.
     """
 
-    def __init__(self, engine: AsyncEngine | str, *, sqlite_synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, engine: AsyncEngine | str, *, sqlite_synchronous: str = "NORMAL"
+    ) -> None:
         self._owns_engine = isinstance(engine, str)
-        self.engine: AsyncEngine = create_engine(engine) if isinstance(engine, str) else engine
+        self.engine: AsyncEngine = (
+            create_engine(engine) if isinstance(engine, str) else engine
+        )
         self.dialect = self.engine.dialect.name
         if sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"expected NORMAL or FULL, got {sqlite_synchronous!r}")
@@ -172,8 +204,12 @@ class SQLAlchemyAdapter(Adapter):
         @event.listens_for(sync_engine, "connect")
         def on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None
-            dbapi_connection.create_function("ws_like", 2, _sqlite_like, deterministic=True)
-            dbapi_connection.create_function("ws_ilike", 2, _sqlite_ilike, deterministic=True)
+            dbapi_connection.create_function(
+                "ws_like", 2, _sqlite_like, deterministic=True
+            )
+            dbapi_connection.create_function(
+                "ws_ilike", 2, _sqlite_ilike, deterministic=True
+            )
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
@@ -219,7 +255,11 @@ class SQLAlchemyAdapter(Adapter):
         relations: list[RelationInfo] = []
         for rel in mapper.relationships:
             if rel.secondary is not None:
-                log.info("relation %s.%s goes through a secondary table: not served", model.__name__, rel.key)
+                log.info(
+                    "relation %s.%s goes through a secondary table: not served",
+                    model.__name__,
+                    rel.key,
+                )
                 continue
             target = rel.mapper.class_
             target_map = {p.columns[0]: p.key for p in rel.mapper.column_attrs}
@@ -258,7 +298,9 @@ class SQLAlchemyAdapter(Adapter):
             return to_utc(value).replace(tzinfo=None)
         return value
 
-    def _ordered(self, m: _Mapping, name: str, ctype: ColumnType) -> sa.ColumnElement[Any]:
+    def _ordered(
+        self, m: _Mapping, name: str, ctype: ColumnType
+    ) -> sa.ColumnElement[Any]:
         column: sa.ColumnElement[Any] = m.columns[name]
         if self.dialect == "postgresql" and ctype in TEXT_TYPES:
             return column.collate("C")
@@ -276,7 +318,7 @@ class SQLAlchemyAdapter(Adapter):
             return sa.and_(*parts) if expr.kind == "and" else sa.or_(*parts)
         return self._condition(m, expr)
 
-    def _condition(self, m: _Mapping, c: Condition) -> sa.ColumnElement[bool]:  # noqa: PLR0911
+    def _condition(self, m: _Mapping, c: Condition) -> sa.ColumnElement[bool]:
         column = m.columns[c.column]
         op = c.op
         if op is Op.IS_NULL:
@@ -295,7 +337,11 @@ class SQLAlchemyAdapter(Adapter):
                 fn = sa.func.ws_ilike if op is Op.ILIKE else sa.func.ws_like
                 return fn(column, pattern) == 1
             if op is Op.ILIKE:
-                folded = sa.func.lower(column.collate("und-x-icu")) if self.dialect == "postgresql" else sa.func.lower(column)
+                folded = (
+                    sa.func.lower(column.collate("und-x-icu"))
+                    if self.dialect == "postgresql"
+                    else sa.func.lower(column)
+                )
                 return folded.like(pattern, escape="\\")
             return column.like(pattern, escape="\\")
         target = self._ordered(m, c.column, c.type)
@@ -318,24 +364,35 @@ class SQLAlchemyAdapter(Adapter):
             clause = target <= value
         return clause
 
-    def _order(self, m: _Mapping, entity: EntityInfo, sort: Sequence[tuple[str, bool]]) -> list[sa.ColumnElement[Any]]:
+    def _order(
+        self, m: _Mapping, entity: EntityInfo, sort: Sequence[tuple[str, bool]]
+    ) -> list[sa.ColumnElement[Any]]:
         out: list[sa.ColumnElement[Any]] = []
         for name, descending in sort:
             column = self._ordered(m, name, entity.column_types[name])
-            out.append(column.desc().nulls_first() if descending else column.asc().nulls_last())
+            out.append(
+                column.desc().nulls_first() if descending else column.asc().nulls_last()
+            )
         return out
 
     def _row(self, row: sa.Row[Any]) -> Record:
         return {key: normalize(value) for key, value in row._mapping.items()}
 
-    def _key_clause(self, m: _Mapping, entity: EntityInfo, key: tuple[Any, ...]) -> sa.ColumnElement[bool]:
+    def _key_clause(
+        self, m: _Mapping, entity: EntityInfo, key: tuple[Any, ...]
+    ) -> sa.ColumnElement[bool]:
         return sa.and_(
-            *(m.columns[name] == self._bind(m, name, value) for name, value in zip(entity.primary_key, key, strict=True))
+            *(
+                m.columns[name] == self._bind(m, name, value)
+                for name, value in zip(entity.primary_key, key, strict=True)
+            )
         )
 
     # -- reads --------------------------------------------------------------------
 
-    async def read_many(self, entity: EntityInfo, query: ReadQuery) -> tuple[list[Record], int]:
+    async def read_many(
+        self, entity: EntityInfo, query: ReadQuery
+    ) -> tuple[list[Record], int]:
         """Read one page of rows and the total count."""
         m = self._map(entity)
         where = self.where(m, query.where)
@@ -355,7 +412,9 @@ class SQLAlchemyAdapter(Adapter):
             raise _operation_error("read", exc) from exc
         return rows, total
 
-    async def read_one(self, entity: EntityInfo, key: tuple[Any, ...], query: ReadQuery) -> Record | None:
+    async def read_one(
+        self, entity: EntityInfo, key: tuple[Any, ...], query: ReadQuery
+    ) -> Record | None:
         """Read the row with primary key ``key`` if it matches ``query.where``."""
         m = self._map(entity)
         stmt = sa.select(*m.selectable).where(self._key_clause(m, entity, key))
@@ -374,7 +433,12 @@ class SQLAlchemyAdapter(Adapter):
             raise _operation_error("read", exc) from exc
         return row
 
-    async def _preload(self, conn: AsyncConnection, rows: list[Record], preloads: Sequence[PreloadQuery]) -> None:
+    async def _preload(
+        self,
+        conn: AsyncConnection,
+        rows: list[Record],
+        preloads: Sequence[PreloadQuery],
+    ) -> None:
         for p in preloads:
             rel = p.relation
             tm = self._map(p.target)
@@ -383,26 +447,48 @@ class SQLAlchemyAdapter(Adapter):
             found: dict[tuple[Any, ...], list[Record]] = {}
             if keys:
                 remote = [tm.columns[c] for c in rel.remote_columns]
-                match = remote[0].in_([k[0] for k in keys]) if len(remote) == 1 else sa.tuple_(*remote).in_(list(keys))
+                match = (
+                    remote[0].in_([k[0] for k in keys])
+                    if len(remote) == 1
+                    else sa.tuple_(*remote).in_(list(keys))
+                )
                 conditions: list[sa.ColumnElement[bool]] = [match]
                 extra = self.where(tm, p.where)
                 if extra is not None:
                     conditions.append(extra)
                 order = self._order(tm, p.target, p.sort)
                 if p.limit is not None and rel.kind == "many":
-                    rank = sa.func.row_number().over(partition_by=remote, order_by=order).label("_ws_rank")
-                    inner = sa.select(*tm.selectable, rank).where(*conditions).subquery()
-                    stmt = sa.select(*(inner.c[name] for name in tm.columns)).where(inner.c["_ws_rank"] <= p.limit).order_by(inner.c["_ws_rank"])
+                    rank = (
+                        sa.func.row_number()
+                        .over(partition_by=remote, order_by=order)
+                        .label("_ws_rank")
+                    )
+                    inner = (
+                        sa.select(*tm.selectable, rank).where(*conditions).subquery()
+                    )
+                    stmt = (
+                        sa.select(*(inner.c[name] for name in tm.columns))
+                        .where(inner.c["_ws_rank"] <= p.limit)
+                        .order_by(inner.c["_ws_rank"])
+                    )
                 else:
                     stmt = sa.select(*tm.selectable).where(*conditions).order_by(*order)
                 for r in (await conn.execute(stmt)).all():
                     child = self._row(r)
-                    found.setdefault(tuple(child[c] for c in rel.remote_columns), []).append(child)
+                    found.setdefault(
+                        tuple(child[c] for c in rel.remote_columns), []
+                    ).append(child)
             for row in rows:
                 children = found.get(tuple(row.get(c) for c in rel.local_columns), [])
                 if p.columns is not None:
-                    children = [{c: child.get(c) for c in p.columns} for child in children]
-                row[rel.name] = children if rel.kind == "many" else (children[0] if children else None)
+                    children = [
+                        {c: child.get(c) for c in p.columns} for child in children
+                    ]
+                row[rel.name] = (
+                    children
+                    if rel.kind == "many"
+                    else (children[0] if children else None)
+                )
 
     # -- writes -------------------------------------------------------------------
 
@@ -419,7 +505,9 @@ class SQLAlchemyAdapter(Adapter):
         except IntegrityError as exc:
             log.info("%s refused by a constraint: %s", operation, exc.orig)
             raise OperationError(
-                operation, str(exc.orig), public_message="the database refused the write: a constraint was violated"
+                operation,
+                str(exc.orig),
+                public_message="the database refused the write: a constraint was violated",
             ) from exc
         except SQLAlchemyError as exc:
             raise _operation_error(operation, exc) from exc
@@ -427,10 +515,14 @@ class SQLAlchemyAdapter(Adapter):
     def _returning(self, m: _Mapping) -> list[sa.ColumnElement[Any]]:
         return list(m.selectable)
 
-    async def create(self, entity: EntityInfo, data: Record, check: WriteCheck) -> tuple[Any, Change]:
+    async def create(
+        self, entity: EntityInfo, data: Record, check: WriteCheck
+    ) -> tuple[Any, Change]:
         """Insert a row and re-read it, in one transaction with ``check``."""
         m = self._map(entity)
-        values = {m.columns[name].key: self._bind(m, name, v) for name, v in data.items()}
+        values = {
+            m.columns[name].key: self._bind(m, name, v) for name, v in data.items()
+        }
         async with self._write("create") as conn:
             stmt = sa.insert(m.table).values(values).returning(*self._returning(m))
             new = self._row((await conn.execute(stmt)).one())
@@ -439,23 +531,39 @@ class SQLAlchemyAdapter(Adapter):
         return result, change
 
     async def update(
-        self, entity: EntityInfo, key: tuple[Any, ...], data: Record, where: Expr | None, check: WriteCheck
+        self,
+        entity: EntityInfo,
+        key: tuple[Any, ...],
+        data: Record,
+        where: Expr | None,
+        check: WriteCheck,
     ) -> tuple[Any, Change] | None:
         """Update the columns in ``data`` of one row, in one transaction with ``check``."""
         m = self._map(entity)
-        values = {m.columns[name].key: self._bind(m, name, v) for name, v in data.items()}
+        values = {
+            m.columns[name].key: self._bind(m, name, v) for name, v in data.items()
+        }
         async with self._write("update") as conn:
             old = await self._locked(conn, m, entity, key, where)
             if old is None:
                 return None
-            stmt = sa.update(m.table).where(self._key_clause(m, entity, key)).values(values).returning(*self._returning(m))
+            stmt = (
+                sa.update(m.table)
+                .where(self._key_clause(m, entity, key))
+                .values(values)
+                .returning(*self._returning(m))
+            )
             new = self._row((await conn.execute(stmt)).one())
             change = Change("update", entity.key, old, new)
             result = await check(change)
         return result, change
 
     async def delete(
-        self, entity: EntityInfo, key: tuple[Any, ...], where: Expr | None, check: WriteCheck
+        self,
+        entity: EntityInfo,
+        key: tuple[Any, ...],
+        where: Expr | None,
+        check: WriteCheck,
     ) -> tuple[Any, Change] | None:
         """Delete one row, in one transaction with ``check``; answers the old row."""
         m = self._map(entity)
@@ -463,13 +571,20 @@ class SQLAlchemyAdapter(Adapter):
             old = await self._locked(conn, m, entity, key, where)
             if old is None:
                 return None
-            await conn.execute(sa.delete(m.table).where(self._key_clause(m, entity, key)))
+            await conn.execute(
+                sa.delete(m.table).where(self._key_clause(m, entity, key))
+            )
             change = Change("delete", entity.key, old, None)
             result = await check(change)
         return result, change
 
     async def _locked(
-        self, conn: AsyncConnection, m: _Mapping, entity: EntityInfo, key: tuple[Any, ...], where: Expr | None
+        self,
+        conn: AsyncConnection,
+        m: _Mapping,
+        entity: EntityInfo,
+        key: tuple[Any, ...],
+        where: Expr | None,
     ) -> Record | None:
         stmt = sa.select(*m.selectable).where(self._key_clause(m, entity, key))
         clause = self.where(m, where)

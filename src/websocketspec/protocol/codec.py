@@ -15,7 +15,11 @@ from typing import Any
 
 import msgspec
 
-from websocketspec.exceptions import InvalidFilterError, InvalidMessageError, ProtocolError
+from websocketspec.exceptions import (
+    InvalidFilterError,
+    InvalidMessageError,
+    ProtocolError,
+)
 from websocketspec.protocol.messages import ErrorInfo, Message
 
 __all__ = [
@@ -100,7 +104,9 @@ def _decode_slow(frame: str | bytes, max_batch: int) -> list[Decoded]:
         return [_convert(obj)]
     if not isinstance(obj, list):
         return [
-            Decoded(error=InvalidMessageError("a frame must hold a JSON object or array"))
+            Decoded(
+                error=InvalidMessageError("a frame must hold a JSON object or array")
+            )
         ]
     problem = _batch_problem(len(obj), max_batch)
     if problem is None and not all(isinstance(e, dict) for e in obj):
@@ -112,13 +118,19 @@ def _decode_slow(frame: str | bytes, max_batch: int) -> list[Decoded]:
 
 def _convert(obj: dict[str, Any]) -> Decoded:
     raw_id = obj.get("id")
-    msg_id = raw_id if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else None
+    msg_id = (
+        raw_id
+        if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool)
+        else None
+    )
     try:
         message = msgspec.convert(obj, Message)
     except msgspec.ValidationError as exc:
         text = str(exc)
         error: ProtocolError
-        if "$.options.filters" in text or "$.options.preload" in text and ".filters" in text:
+        if "$.options.filters" in text or (
+            "$.options.preload" in text and ".filters" in text
+        ):
             error = InvalidFilterError(f"invalid filter: {text}")
         else:
             error = InvalidMessageError(f"invalid message: {text}")

@@ -1,4 +1,4 @@
-"""The operator table: filters validated against column types, and evaluated in memory.
+r"""The operator table: filters validated against column types, and evaluated in memory.
 
 One table, two back ends. :func:`compile_filters` turns the wire's flat filter list into
 an expression tree with every value coerced to its column's type; adapters translate
@@ -8,7 +8,7 @@ matching. Both follow the same rules, which the parity property test holds them 
 - NULL matches only ``is_null``; every other operator is false on NULL (``neq`` and
   ``not_in`` too, as in SQL). ``eq null`` means ``is_null``, ``neq null`` ``is_not_null``.
 - Text compares by code point. ``like`` is case-sensitive, ``ilike`` folds both sides
-  with :meth:`str.lower`; patterns use ``%`` and ``_`` with ``\\`` as the escape.
+  with :meth:`str.lower`; patterns use ``%`` and ``_`` with ``\`` as the escape.
 - A run of filters joined by ``logic_operator: "OR"`` is one parenthesised group, ANDed
   with the rest: ``[A, B(OR), C]`` is ``(A OR B) AND C``.
 """
@@ -123,7 +123,9 @@ def compile_filters(
             runs[-1].append(condition)
         else:
             runs.append([condition])
-    parts: list[Expr] = [run[0] if len(run) == 1 else Group("or", tuple(run)) for run in runs]
+    parts: list[Expr] = [
+        run[0] if len(run) == 1 else Group("or", tuple(run)) for run in runs
+    ]
     return all_of(*parts)
 
 
@@ -150,7 +152,9 @@ def _condition(
             code="invalid_column",
             details={"field": option.column, "index": index},
         )
-    found = _OPS.get(option.operator.lower()) if isinstance(option.operator, str) else None
+    found = (
+        _OPS.get(option.operator.lower()) if isinstance(option.operator, str) else None
+    )
     if found is None:
         raise InvalidFilterError(
             f"unknown operator {option.operator!r}; expected one of {', '.join(_OPS)}",
@@ -203,7 +207,7 @@ def _condition(
 
 
 def like_pattern(op: Op, value: str) -> str:
-    """The LIKE pattern (``\\`` escapes) for a text operator's value."""
+    r"""The LIKE pattern (``\`` escapes) for a text operator's value."""
     if op in (Op.LIKE, Op.ILIKE):
         return value
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -216,9 +220,9 @@ def like_pattern(op: Op, value: str) -> str:
 
 @lru_cache(maxsize=1024)
 def like_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a LIKE pattern (``%``, ``_``, ``\\`` escape) to a full-match regex.
+    r"""Compile a LIKE pattern (``%``, ``_``, ``\`` escape) to a full-match regex.
 
-    A trailing lone ``\\`` matches a literal backslash.
+    A trailing lone ``\`` matches a literal backslash.
     """
     out: list[str] = []
     chars = iter(pattern)
@@ -245,7 +249,7 @@ def matches(expr: Expr | None, row: Mapping[str, Any]) -> bool:
     return _evaluate(expr, row.get(expr.column))
 
 
-def _evaluate(cond: Condition, value: Any) -> bool:  # noqa: PLR0911 - one branch per operator
+def _evaluate(cond: Condition, value: Any) -> bool:
     op = cond.op
     if op is Op.IS_NULL:
         return value is None

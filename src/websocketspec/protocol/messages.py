@@ -48,7 +48,13 @@ class Operation(StrEnum):
 
 
 REQUEST_OPERATIONS = frozenset(
-    {Operation.READ, Operation.CREATE, Operation.UPDATE, Operation.DELETE, Operation.META}
+    {
+        Operation.READ,
+        Operation.CREATE,
+        Operation.UPDATE,
+        Operation.DELETE,
+        Operation.META,
+    }
 )
 SUBSCRIPTION_OPERATIONS = frozenset({Operation.SUBSCRIBE, Operation.UNSUBSCRIBE})
 

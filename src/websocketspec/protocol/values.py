@@ -102,7 +102,11 @@ def coerce_key(value: Any, ctype: ColumnType) -> Any:
         raise ValueError(f"expected an integer id, got {value!r}")
     if ctype in (ColumnType.FLOAT, ColumnType.DECIMAL) and isinstance(value, str):
         try:
-            return coerce(Decimal(value), ctype) if ctype is ColumnType.DECIMAL else float(value)
+            return (
+                coerce(Decimal(value), ctype)
+                if ctype is ColumnType.DECIMAL
+                else float(value)
+            )
         except (InvalidOperation, ValueError):
             raise ValueError(f"expected a numeric id, got {value!r}") from None
     if ctype in TEXT_TYPES and isinstance(value, int) and not isinstance(value, bool):

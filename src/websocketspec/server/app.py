@@ -24,7 +24,11 @@ from urllib.parse import parse_qsl
 from websocketspec.adapters.base import Adapter, Change
 from websocketspec.broker.base import Broker
 from websocketspec.broker.memory import MemoryBroker
-from websocketspec.exceptions import InvalidMessageError, ProtocolError, UnauthorizedError
+from websocketspec.exceptions import (
+    InvalidMessageError,
+    ProtocolError,
+    UnauthorizedError,
+)
 from websocketspec.hooks import Handshake, HookContext, HookRegistry, HookType
 from websocketspec.protocol.codec import Decoded, decode, encode, error_response
 from websocketspec.registry import ModelRegistry
@@ -148,7 +152,8 @@ class Handler:
             "connections": len(self.connections),
             "subscriptions": self.subscriptions.counts(),
             "messages": {
-                "received": self._received + sum(c.received for c in self.connections.values()),
+                "received": self._received
+                + sum(c.received for c in self.connections.values()),
                 "sent": self._sent + sum(c.sent for c in self.connections.values()),
                 "notifications": self.fanout.delivered,
             },
@@ -156,7 +161,9 @@ class Handler:
 
     # -- ASGI -------------------------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend
+    ) -> None:
         """The ASGI entry point."""
         kind = scope["type"]
         if kind == "websocket":
@@ -164,8 +171,19 @@ class Handler:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
-            await send({"type": "http.response.start", "status": 426, "headers": [(b"content-type", b"text/plain")]})
-            await send({"type": "http.response.body", "body": b"this endpoint speaks WebSocket only\n"})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 426,
+                    "headers": [(b"content-type", b"text/plain")],
+                }
+            )
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"this endpoint speaks WebSocket only\n",
+                }
+            )
 
     async def _lifespan(self, receive: ASGIReceive, send: ASGISend) -> None:
         while True:
@@ -173,7 +191,7 @@ class Handler:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.start()
-                except Exception as exc:  # noqa: BLE001 - reported to the server
+                except Exception as exc:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
@@ -186,19 +204,28 @@ class Handler:
     async def _refuse(self, scope: Scope, send: ASGISend, exc: ProtocolError) -> None:
         status = 401 if isinstance(exc, UnauthorizedError) else 403
         if "websocket.http.response" in scope.get("extensions", {}):
-            body = encode({"error": {"code": exc.code, "message": exc.message}}).encode()
+            body = encode(
+                {"error": {"code": exc.code, "message": exc.message}}
+            ).encode()
             await send(
                 {
                     "type": "websocket.http.response.start",
                     "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
                 }
             )
             await send({"type": "websocket.http.response.body", "body": body})
         else:
-            await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+            await send(
+                {"type": "websocket.close", "code": 1008, "reason": exc.message[:120]}
+            )
 
-    async def _websocket(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+    async def _websocket(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend
+    ) -> None:
         event = await receive()
         if event["type"] != "websocket.connect":
             return
@@ -218,7 +245,9 @@ class Handler:
             return
         await send({"type": "websocket.accept", "subprotocol": ctx.subprotocol})
         self.connections[conn.id] = conn
-        writer = asyncio.create_task(self._writer(conn, send), name=f"websocketspec-writer-{conn.id}")
+        writer = asyncio.create_task(
+            self._writer(conn, send), name=f"websocketspec-writer-{conn.id}"
+        )
         try:
             try:
                 await self.hooks.run_after(HookType.CONNECT, ctx)
@@ -236,7 +265,9 @@ class Handler:
         try:
             while True:
                 receiving = asyncio.ensure_future(receive())
-                done, _ = await asyncio.wait({receiving, closing}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {receiving, closing}, return_when=asyncio.FIRST_COMPLETED
+                )
                 if receiving not in done:
                     receiving.cancel()
                     return
@@ -275,7 +306,13 @@ class Handler:
                     await send({"type": "websocket.send", "text": text})
                     conn.sent += 1
                 if conn.state is State.CLOSING:
-                    await send({"type": "websocket.close", "code": conn.close_code, "reason": conn.close_reason})
+                    await send(
+                        {
+                            "type": "websocket.close",
+                            "code": conn.close_code,
+                            "reason": conn.close_reason,
+                        }
+                    )
                     conn.state = State.CLOSED
                     return
                 if conn.state is State.CLOSED:
@@ -283,7 +320,7 @@ class Handler:
         except (OSError, RuntimeError, asyncio.CancelledError):
             conn.state = State.CLOSED
             raise
-        except Exception:  # noqa: BLE001 - a dead socket must not kill the server
+        except Exception:
             log.debug("writer of %s stopped", conn.id, exc_info=True)
             conn.state = State.CLOSED
 
@@ -291,12 +328,16 @@ class Handler:
         for sub_id in list(conn.subscriptions):
             self.dispatcher.drop_subscription(conn, sub_id)
         if conn.tasks:
-            _, pending = await asyncio.wait(set(conn.tasks), timeout=self.config.close_timeout)
+            _, pending = await asyncio.wait(
+                set(conn.tasks), timeout=self.config.close_timeout
+            )
             for task in pending:
                 task.cancel()
         if conn.state is State.OPEN:
             conn.close(1000)
-        with suppress(asyncio.TimeoutError, OSError, RuntimeError, asyncio.CancelledError):
+        with suppress(
+            asyncio.TimeoutError, OSError, RuntimeError, asyncio.CancelledError
+        ):
             await asyncio.wait_for(asyncio.shield(writer), timeout=1.0)
         if not writer.done():
             writer.cancel()

@@ -44,7 +44,9 @@ class Connection:
         max_queue_bytes: bytes waiting to be sent before the connection is closed.
     """
 
-    def __init__(self, handshake: Handshake, *, max_queue: int, max_queue_bytes: int) -> None:
+    def __init__(
+        self, handshake: Handshake, *, max_queue: int, max_queue_bytes: int
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.handshake = handshake
         self.metadata: dict[str, Any] = {}
@@ -77,7 +79,10 @@ class Connection:
             return
         self._outbox.append(text)
         self._queued_bytes += len(text)
-        if len(self._outbox) > self._max_queue or self._queued_bytes > self._max_queue_bytes:
+        if (
+            len(self._outbox) > self._max_queue
+            or self._queued_bytes > self._max_queue_bytes
+        ):
             self._outbox.clear()
             self._queued_bytes = 0
             self.close(1013, "send queue full: the client reads too slowly")

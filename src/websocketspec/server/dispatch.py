@@ -67,7 +67,11 @@ _OPERATIONS = {op.value: op for op in Operation}
 def error_info(exc: BaseException, operation: str | None) -> ErrorInfo:
     """Turn an exception into the error a client sees (and log what it must not)."""
     if isinstance(exc, HookError):
-        log.error("hook failed during %s", operation or "a message", exc_info=exc.__cause__ or exc)
+        log.error(
+            "hook failed during %s",
+            operation or "a message",
+            exc_info=exc.__cause__ or exc,
+        )
         return ErrorInfo(exc.code, exc.message, exc.details)
     if isinstance(exc, ProtocolError):
         return ErrorInfo(exc.code, exc.message, exc.details)
@@ -133,7 +137,11 @@ class Dispatcher:
         if not msg.operation:
             raise InvalidMessageError("operation is required")
         op = _OPERATIONS.get(msg.operation)
-        allowed = REQUEST_OPERATIONS if kind == MessageType.REQUEST else SUBSCRIPTION_OPERATIONS
+        allowed = (
+            REQUEST_OPERATIONS
+            if kind == MessageType.REQUEST
+            else SUBSCRIPTION_OPERATIONS
+        )
         if op is None or op not in allowed:
             names = ", ".join(sorted(str(o) for o in allowed))
             raise InvalidMessageError(
@@ -145,7 +153,9 @@ class Dispatcher:
         if not msg.entity:
             raise InvalidMessageError("entity is required")
         entity = self.registry.get(msg.entity, msg.schema)
-        if op in (Operation.CREATE, Operation.UPDATE) and not isinstance(msg.data, dict):
+        if op in (Operation.CREATE, Operation.UPDATE) and not isinstance(
+            msg.data, dict
+        ):
             raise InvalidModelError("data must be an object holding the row's columns")
         ctx = HookContext(
             connection=conn,
@@ -171,8 +181,12 @@ class Dispatcher:
 
     # -- reads --------------------------------------------------------------------
 
-    async def _read(self, msg: Message, entity: EntityInfo, ctx: HookContext) -> dict[str, Any]:
-        query = build_read_query(self.registry, entity, ctx.options, ctx.security_filters, self.limits)
+    async def _read(
+        self, msg: Message, entity: EntityInfo, ctx: HookContext
+    ) -> dict[str, Any]:
+        query = build_read_query(
+            self.registry, entity, ctx.options, ctx.security_filters, self.limits
+        )
         keep = tuple(p.relation.name for p in query.preload)
         if ctx.record_id is not None:
             key = parse_record_id(entity, ctx.record_id)
@@ -187,10 +201,17 @@ class Dispatcher:
         await self.hooks.run_after(HookType.READ, ctx)
         result = ctx.result if ctx.result is not None else []
         count = len(result) if isinstance(result, list) else 1
-        metadata = {"total": total, "count": count, "limit": query.limit, "offset": query.offset}
+        metadata = {
+            "total": total,
+            "count": count,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
         return response(msg.id, result, metadata)
 
-    async def _meta(self, msg: Message, entity: EntityInfo, ctx: HookContext) -> dict[str, Any]:
+    async def _meta(
+        self, msg: Message, entity: EntityInfo, ctx: HookContext
+    ) -> dict[str, Any]:
         relations = []
         for rel in entity.relations.values():
             target = self.registry.for_model(rel.target)
@@ -234,7 +255,12 @@ class Dispatcher:
         return lock
 
     async def _write(
-        self, conn: Connection, msg: Message, op: Operation, entity: EntityInfo, ctx: HookContext
+        self,
+        conn: Connection,
+        msg: Message,
+        op: Operation,
+        entity: EntityInfo,
+        ctx: HookContext,
     ) -> None:
         guard = build_where(entity, [], ctx.security_filters, self.limits)
         hook_type = HookType(op.value)
@@ -242,7 +268,9 @@ class Dispatcher:
         async def check(change: Change) -> Any:
             row = change.new if change.new is not None else change.old
             if change.new is not None and not matches(guard, change.new):
-                raise UnauthorizedError("the row would be outside what this connection may write")
+                raise UnauthorizedError(
+                    "the row would be outside what this connection may write"
+                )
             ctx.result = dict(row) if row is not None else None
             if row is not None and ctx.record_id is None:
                 ctx.record_id = _key_of(entity, row)
@@ -257,7 +285,9 @@ class Dispatcher:
                 await self._publish(change)
             return
         key = parse_record_id(entity, ctx.record_id)
-        where: Expr | None = build_where(entity, ctx.options.filters, ctx.security_filters, self.limits)
+        where: Expr | None = build_where(
+            entity, ctx.options.filters, ctx.security_filters, self.limits
+        )
         async with self._lock(entity.key):
             if op is Operation.UPDATE:
                 data = validate_data(entity, ctx.data, partial=True, key=key)
@@ -278,7 +308,9 @@ class Dispatcher:
         # A subscription is a standing read: before-read hooks (row security) apply.
         await self.hooks.run_before(HookType.READ, ctx)
         await self.hooks.run_before(HookType.SUBSCRIBE, ctx)
-        where = build_where(entity, ctx.options.filters, ctx.security_filters, self.limits)
+        where = build_where(
+            entity, ctx.options.filters, ctx.security_filters, self.limits
+        )
         columns = validate_columns(entity, ctx.options.columns)
         if len(conn.subscriptions) >= self.config.max_subscriptions:
             raise LimitError(
@@ -293,7 +325,11 @@ class Dispatcher:
             columns=columns,
         )
         ctx.subscription_id = sub.id
-        ctx.result = {"subscription_id": sub.id, "schema": entity.schema, "entity": entity.name}
+        ctx.result = {
+            "subscription_id": sub.id,
+            "schema": entity.schema,
+            "entity": entity.name,
+        }
         await self.hooks.run_after(HookType.SUBSCRIBE, ctx)
         conn.send(response(msg.id, ctx.result))
         conn.subscriptions[sub.id] = sub
@@ -301,7 +337,9 @@ class Dispatcher:
 
     async def _unsubscribe(self, conn: Connection, msg: Message) -> dict[str, Any]:
         if not msg.subscription_id:
-            raise NotFoundError("subscription_id is required", code="missing_subscription_id")
+            raise NotFoundError(
+                "subscription_id is required", code="missing_subscription_id"
+            )
         sub = conn.subscriptions.get(msg.subscription_id)
         if sub is None:
             raise NotFoundError(

@@ -16,6 +16,7 @@ still in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterator
@@ -148,7 +149,9 @@ class SubscriptionTable:
 _MISSING = object()
 
 
-def classify(sub: Subscription, change: Change) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+def classify(
+    sub: Subscription, change: Change
+) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
     """What a change means for one subscription: (operation, row, metadata), or ``None``."""
     source = change.operation
     before = change.old is not None and matches(sub.where, change.old)
@@ -196,10 +199,8 @@ class Fanout:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         # Connections are closing: what is pending has nobody left to reach.
         self._pending.clear()
 
@@ -215,15 +216,24 @@ class Fanout:
         for sub, operation, row, meta in self._matches(change):
             self._send(sub, operation, row, meta)
 
-    def _matches(self, change: Change) -> Iterator[tuple[Subscription, str, dict[str, Any], dict[str, Any]]]:
+    def _matches(
+        self, change: Change
+    ) -> Iterator[tuple[Subscription, str, dict[str, Any], dict[str, Any]]]:
         for sub in list(self.table.candidates(change)):
             outcome = classify(sub, change)
             if outcome is None:
                 continue
             operation, row, meta = outcome
-            yield sub, operation, project(row, sub.columns, sub.entity.primary_key), meta
+            yield (
+                sub,
+                operation,
+                project(row, sub.columns, sub.entity.primary_key),
+                meta,
+            )
 
-    def _send(self, sub: Subscription, operation: str, data: Any, meta: dict[str, Any]) -> None:
+    def _send(
+        self, sub: Subscription, operation: str, data: Any, meta: dict[str, Any]
+    ) -> None:
         if sub.id not in sub.connection.subscriptions:
             return
         sub.connection.send(
@@ -248,7 +258,7 @@ class Fanout:
                 change = self._pending[0]
                 try:
                     await self._deliver_hooked(change)
-                except Exception:  # noqa: BLE001 - the worker must outlive any change
+                except Exception:
                     log.exception("fan-out of a change to %s failed", change.entity)
                 self._pending.popleft()
 
@@ -269,10 +279,18 @@ class Fanout:
             try:
                 await self.hooks.run_after(HookType.READ, ctx)
             except HookError as exc:
-                log.error("an after-read hook failed; notification withheld from %s", sub.id, exc_info=exc.__cause__)
+                log.error(
+                    "an after-read hook failed; notification withheld from %s",
+                    sub.id,
+                    exc_info=exc.__cause__,
+                )
                 continue
             except ProtocolError as exc:
-                log.info("an after-read hook withheld a notification from %s: %s", sub.id, exc.message)
+                log.info(
+                    "an after-read hook withheld a notification from %s: %s",
+                    sub.id,
+                    exc.message,
+                )
                 continue
             if ctx.result is None:
                 continue
