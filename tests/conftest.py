@@ -13,12 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.databases import create_database, drop_database
 from tests.support.models import MODELS, Base
-from tests.support.servers import serve_asgi
+from tests.support.servers import serve
 from tests.support.wsclient import WSClient
 from websocketspec import Config, Handler
 from websocketspec.adapters.sqlalchemy import SQLAlchemyAdapter, create_engine
 
 BACKENDS = ["sqlite", "postgresql"]
+SHELLS = ["asgi", "direct"]
 
 
 @pytest.fixture(scope="session")
@@ -66,10 +67,16 @@ def handler(engine: AsyncEngine, config: Config) -> Handler:
     return handler
 
 
+@pytest.fixture(params=SHELLS)
+def shell(request: pytest.FixtureRequest) -> str:
+    """Which shell serves the handler: uvicorn (ASGI) or the direct websockets server."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def server(handler: Handler) -> AsyncIterator[str]:
-    """The handler served by uvicorn; yields the endpoint's ws:// URL."""
-    async with serve_asgi(handler) as base:
+async def server(handler: Handler, shell: str) -> AsyncIterator[str]:
+    """The handler served over a real loopback socket; yields the endpoint's ws:// URL."""
+    async with serve(shell, handler) as base:
         yield f"{base}/ws"
     await handler.stop()
 

@@ -9,6 +9,9 @@ from typing import Any
 
 import uvicorn
 
+from websocketspec import Handler
+from websocketspec.server.direct import DirectServer
+
 
 @contextlib.asynccontextmanager
 async def serve_asgi(app: Any, **options: Any) -> AsyncIterator[str]:
@@ -38,3 +41,23 @@ async def serve_asgi(app: Any, **options: Any) -> AsyncIterator[str]:
         server.should_exit = True
         async with asyncio.timeout(15):
             await task
+
+
+@contextlib.asynccontextmanager
+async def serve_direct(handler: Handler, **options: Any) -> AsyncIterator[str]:
+    """Serve ``handler`` with the direct ``websockets`` shell; yields the ws:// base URL."""
+    server = DirectServer(handler, "127.0.0.1", 0, path="/ws", **options)
+    await server.start()
+    try:
+        yield f"ws://127.0.0.1:{server.port}"
+    finally:
+        async with asyncio.timeout(15):
+            await server.stop(timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def serve(shell: str, handler: Handler, **options: Any) -> AsyncIterator[str]:
+    """Serve ``handler`` over ``shell`` (``asgi`` or ``direct``); yields the ws:// base URL."""
+    runner = serve_asgi if shell == "asgi" else serve_direct
+    async with runner(handler, **options) as base:
+        yield base

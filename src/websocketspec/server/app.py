@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from http.cookies import SimpleCookie
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import parse_qsl
 
 from websocketspec.adapters.base import Adapter, Change
@@ -38,9 +38,33 @@ from websocketspec.server.dispatch import Dispatcher, error_info
 from websocketspec.server.subscriptions import Fanout, SubscriptionTable
 from websocketspec.types import ASGIReceive, ASGISend, Scope
 
-__all__ = ["Handler"]
+__all__ = [
+    "FrameSource",
+    "Handler",
+    "handshake_from_scope",
+    "parse_cookies",
+    "parse_query",
+]
+
+FrameSource: TypeAlias = Callable[[], Awaitable[str | bytes | None]]
+"""Returns the next frame (text, or bytes for a binary frame), or ``None`` at the end."""
 
 log = logging.getLogger(__name__)
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """Query-string parameters (the last of repeated names wins)."""
+    return dict(parse_qsl(query, keep_blank_values=True))
+
+
+def parse_cookies(header: str | None) -> dict[str, str]:
+    """Cookies of a ``Cookie`` header; a malformed header gives none."""
+    if not header:
+        return {}
+    jar: SimpleCookie = SimpleCookie()
+    with suppress(Exception):
+        jar.load(header)
+    return {key: morsel.value for key, morsel in jar.items()}
 
 
 def handshake_from_scope(scope: Scope) -> Handshake:
@@ -50,19 +74,12 @@ def handshake_from_scope(scope: Scope) -> Handshake:
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    query = scope.get("query_string", b"").decode("latin-1")
-    cookies: dict[str, str] = {}
-    if "cookie" in headers:
-        jar: SimpleCookie = SimpleCookie()
-        with suppress(Exception):
-            jar.load(headers["cookie"])
-        cookies = {key: morsel.value for key, morsel in jar.items()}
     client = scope.get("client")
     return Handshake(
         path=scope.get("path", ""),
         headers=headers,
-        query_params=dict(parse_qsl(query, keep_blank_values=True)),
-        cookies=cookies,
+        query_params=parse_query(scope.get("query_string", b"").decode("latin-1")),
+        cookies=parse_cookies(headers.get("cookie")),
         client=(str(client[0]), int(client[1])) if client else None,
         subprotocols=tuple(scope.get("subprotocols", ())),
     )
@@ -223,15 +240,15 @@ class Handler:
                 {"type": "websocket.close", "code": 1008, "reason": exc.message[:120]}
             )
 
-    async def _websocket(
-        self, scope: Scope, receive: ASGIReceive, send: ASGISend
-    ) -> None:
-        event = await receive()
-        if event["type"] != "websocket.connect":
-            return
+    async def admit(self, handshake: Handshake) -> tuple[Connection, HookContext]:
+        """Run the connect hooks for a handshake; the shells call this before upgrading.
+
+        Raises:
+            ProtocolError: a hook refused the connection.
+        """
         await self.start()
         conn = Connection(
-            handshake_from_scope(scope),
+            handshake,
             max_queue=self.config.max_queue,
             max_queue_bytes=self.config.max_queue_bytes,
         )
@@ -241,13 +258,21 @@ class Handler:
         except ProtocolError as exc:
             info = error_info(exc, "connect")
             log.info("connection refused by a connect hook: %s", info.message)
-            await self._refuse(scope, send, exc)
-            return
-        await send({"type": "websocket.accept", "subprotocol": ctx.subprotocol})
+            raise
+        return conn, ctx
+
+    async def serve_connection(
+        self, conn: Connection, ctx: HookContext, next_frame: FrameSource
+    ) -> None:
+        """Serve an accepted connection until it closes, then release all it held.
+
+        Args:
+            conn: the connection :meth:`admit` returned, now upgraded.
+            ctx: the connect hooks' context.
+            next_frame: returns the next frame's text (bytes for a binary frame),
+                or ``None`` once the client has gone.
+        """
         self.connections[conn.id] = conn
-        writer = asyncio.create_task(
-            self._writer(conn, send), name=f"websocketspec-writer-{conn.id}"
-        )
         try:
             try:
                 await self.hooks.run_after(HookType.CONNECT, ctx)
@@ -255,34 +280,70 @@ class Handler:
                 error_info(exc, "connect")
                 conn.close(1008, exc.message[:120])
             if conn.state is State.OPEN:
-                await self._reader(conn, receive)
+                await self._reader(conn, next_frame)
         finally:
-            await self._cleanup(conn, writer)
+            await self._release(conn)
 
-    async def _reader(self, conn: Connection, receive: ASGIReceive) -> None:
+    async def _websocket(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend
+    ) -> None:
+        event = await receive()
+        if event["type"] != "websocket.connect":
+            return
+        try:
+            conn, ctx = await self.admit(handshake_from_scope(scope))
+        except ProtocolError as exc:
+            await self._refuse(scope, send, exc)
+            return
+        await send({"type": "websocket.accept", "subprotocol": ctx.subprotocol})
+        writer = asyncio.create_task(
+            self._writer(conn, send), name=f"websocketspec-writer-{conn.id}"
+        )
+
+        async def next_frame() -> str | bytes | None:
+            while True:
+                event = await receive()
+                if event["type"] == "websocket.disconnect":
+                    return None
+                if event["type"] == "websocket.receive":
+                    text = event.get("text")
+                    return (
+                        text if text is not None else bytes(event.get("bytes") or b"")
+                    )
+
+        try:
+            await self.serve_connection(conn, ctx, next_frame)
+        finally:
+            with suppress(
+                asyncio.TimeoutError, OSError, RuntimeError, asyncio.CancelledError
+            ):
+                await asyncio.wait_for(asyncio.shield(writer), timeout=1.0)
+            if not writer.done():
+                writer.cancel()
+                with suppress(asyncio.CancelledError, Exception):
+                    await writer
+
+    async def _reader(self, conn: Connection, next_frame: FrameSource) -> None:
         slots = asyncio.Semaphore(self.config.max_in_flight)
         closing = asyncio.ensure_future(conn.closing.wait())
         try:
             while True:
-                receiving = asyncio.ensure_future(receive())
+                receiving = asyncio.ensure_future(next_frame())
                 done, _ = await asyncio.wait(
                     {receiving, closing}, return_when=asyncio.FIRST_COMPLETED
                 )
                 if receiving not in done:
                     receiving.cancel()
                     return
-                event = receiving.result()
-                if event["type"] == "websocket.disconnect":
+                frame = receiving.result()
+                if frame is None:
                     conn.state = State.CLOSED
                     return
-                if event["type"] != "websocket.receive":
-                    continue
                 conn.received += 1
-                text = event.get("text")
-                if text is None:
+                if isinstance(frame, bytes):
                     conn.send(error_response(None, error_info(_binary_error(), None)))
                     continue
-                for item in decode(text, max_batch=self.config.max_batch):
+                for item in decode(frame, max_batch=self.config.max_batch):
                     await slots.acquire()
                     self._spawn(conn, item, slots)
         finally:
@@ -324,7 +385,7 @@ class Handler:
             log.debug("writer of %s stopped", conn.id, exc_info=True)
             conn.state = State.CLOSED
 
-    async def _cleanup(self, conn: Connection, writer: asyncio.Task[None]) -> None:
+    async def _release(self, conn: Connection) -> None:
         for sub_id in list(conn.subscriptions):
             self.dispatcher.drop_subscription(conn, sub_id)
         if conn.tasks:
@@ -333,16 +394,9 @@ class Handler:
             )
             for task in pending:
                 task.cancel()
-        if conn.state is State.OPEN:
-            conn.close(1000)
-        with suppress(
-            asyncio.TimeoutError, OSError, RuntimeError, asyncio.CancelledError
-        ):
-            await asyncio.wait_for(asyncio.shield(writer), timeout=1.0)
-        if not writer.done():
-            writer.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await writer
+        # Also wakes the writer when the client already disconnected (state CLOSED):
+        # otherwise it waits for frames that never come.
+        conn.close(1000)
         self.connections.pop(conn.id, None)
         self._received += conn.received
         self._sent += conn.sent

@@ -8,6 +8,10 @@ byte bound the connection is marked CLOSING with code 1013: the writer sends wha
 must and closes, so a slow client never makes the server grow without bound nor holds
 back anyone else, and a client that stays connected never misses a message silently.
 Once CLOSING or CLOSED, :meth:`send` drops frames: the client is gone or going.
+
+A shell that can write without awaiting (the direct ``websockets`` server) gives the
+connection a :class:`FrameSink` instead: frames are written to the socket at once, and
+the bound applies to the transport's write buffer.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import asyncio
 import uuid
 from collections import deque
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from websocketspec.hooks import Handshake
 from websocketspec.protocol.codec import encode
@@ -24,7 +28,7 @@ from websocketspec.protocol.codec import encode
 if TYPE_CHECKING:
     from websocketspec.server.subscriptions import Subscription
 
-__all__ = ["Connection", "State"]
+__all__ = ["Connection", "FrameSink", "State"]
 
 
 class State(Enum):
@@ -33,6 +37,18 @@ class State(Enum):
     OPEN = 1
     CLOSING = 2
     CLOSED = 3
+
+
+class FrameSink(Protocol):
+    """Writes frames to a socket without awaiting."""
+
+    def write(self, text: str) -> int:
+        """Write one text frame; returns the bytes now waiting in the write buffer."""
+        ...
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with ``code`` and ``reason``."""
+        ...
 
 
 class Connection:
@@ -65,6 +81,8 @@ class Connection:
         self.closing = asyncio.Event()
         """Set once the server decided to close this connection."""
         self.tasks: set[asyncio.Task[None]] = set()
+        self.sink: FrameSink | None = None
+        """Set by shells that write frames directly instead of through the outbox."""
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.name}>"
@@ -76,6 +94,17 @@ class Connection:
     def send_text(self, text: str) -> None:
         """Queue an encoded frame for the client; never blocks."""
         if self.state is not State.OPEN:
+            return
+        if self.sink is not None:
+            try:
+                buffered = self.sink.write(text)
+            except Exception:  # noqa: BLE001 - a dead socket: the reader will see it close
+                self.state = State.CLOSED
+                self.closing.set()
+                return
+            self.sent += 1
+            if buffered > self._max_queue_bytes:
+                self.close(1013, "send queue full: the client reads too slowly")
             return
         self._outbox.append(text)
         self._queued_bytes += len(text)
@@ -95,6 +124,8 @@ class Connection:
             self.state = State.CLOSING
             self.close_code = code
             self.close_reason = reason
+            if self.sink is not None:
+                self.sink.close(code, reason)
         self.closing.set()
         self._wake.set()
 
