@@ -90,8 +90,22 @@ def app(database: str = "sqlite:///app.db") -> Any:
     return asgi
 
 
+async def serve_direct(database: str, host: str, port: int) -> None:
+    """Create the tables, then serve on the direct websockets server until SIGTERM/SIGINT."""
+    from websocketspec.server.direct import DirectServer
+
+    handler, engine = build(database)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    server = DirectServer(
+        handler, host, port, path="/ws", ping_interval=20.0, ping_timeout=20.0
+    )
+    await server.serve_forever()
+    await engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument(
@@ -99,22 +113,33 @@ def main(argv: list[str] | None = None) -> None:
         default="sqlite:///app.db",
         help="database URL (default: sqlite:///app.db)",
     )
+    parser.add_argument(
+        "--asgi",
+        action="store_true",
+        help="serve the ASGI app with uvicorn instead of the direct websockets server",
+    )
     args = parser.parse_args(argv)
-
-    import uvicorn
-
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     print(
-        f"websocketspec quickstart: ws://{args.host}:{args.port}/ws on {args.database}"
+        f"websocketspec quickstart: ws://{args.host}:{args.port}/ws on {args.database}",
+        flush=True,
     )
+    if not args.asgi:
+        from websocketspec.cli.main import run
+
+        run(lambda: serve_direct(args.database, args.host, args.port))
+        return
+
+    import uvicorn
+
     uvicorn.run(
         app(args.database),
         host=args.host,
         port=args.port,
         ws="websockets-sansio",
-        ws_max_size=1024 * 1024,
+        ws_max_size=16 * 1024 * 1024,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         ws_per_message_deflate=False,

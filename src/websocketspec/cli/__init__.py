@@ -1,0 +1,5 @@
+"""The ``websocketspec`` command."""
+
+from websocketspec.cli.main import main
+
+__all__ = ["main"]
