@@ -33,7 +33,8 @@ class HookType(StrEnum):
     """What a hook is attached to."""
 
     HANDLE = "handle"
-    """Every request and subscription message, before the operation's own hooks."""
+    """Every request and subscription message: its before hooks run before the
+    operation's own, its after hooks after the operation's own after hooks."""
     READ = "read"
     CREATE = "create"
     UPDATE = "update"

@@ -17,6 +17,7 @@ from websocketspec.exceptions import (
     InvalidFilterError,
     InvalidMessageError,
     InvalidModelError,
+    LimitError,
     ValidationError,
 )
 from websocketspec.protocol.filters import Expr, all_of, compile_filters
@@ -113,8 +114,10 @@ def _filters(
     entity: EntityInfo, filters: Sequence[FilterOption], limits: Limits
 ) -> Expr | None:
     if len(filters) > limits.max_filters:
-        raise InvalidFilterError(
-            f"at most {limits.max_filters} filters are allowed, got {len(filters)}"
+        raise LimitError(
+            f"at most {limits.max_filters} filters are allowed, got {len(filters)}",
+            code="too_many_filters",
+            details={"max_filters": limits.max_filters},
         )
     return compile_filters(filters, entity.column_types, max_in=limits.max_in)
 

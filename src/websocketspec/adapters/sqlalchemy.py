@@ -201,8 +201,13 @@ class SQLAlchemyAdapter(Adapter):
         sync_engine = self.engine.sync_engine
         synchronous = self._sqlite_synchronous
 
-        @event.listens_for(sync_engine, "connect")
-        def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # On checkout rather than connect: the engine may already hold connections
+        # pooled before this adapter existed (the caller's create_all, say).
+        @event.listens_for(sync_engine, "checkout")
+        def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+            if record.info.get("websocketspec"):
+                return
+            record.info["websocketspec"] = True
             dbapi_connection.isolation_level = None
             dbapi_connection.create_function(
                 "ws_like", 2, _sqlite_like, deterministic=True
@@ -294,6 +299,10 @@ class SQLAlchemyAdapter(Adapter):
     # -- SQL building -------------------------------------------------------------
 
     def _bind(self, m: _Mapping, name: str, value: Any) -> Any:
+        if value is None:
+            # An explicit SQL NULL: SQLAlchemy would store None in a JSON column as
+            # JSON 'null', which reads back as null but is missed by is_null.
+            return sa.null()
         if name in m.naive and isinstance(value, datetime):
             return to_utc(value).replace(tzinfo=None)
         return value
@@ -349,6 +358,9 @@ class SQLAlchemyAdapter(Adapter):
             low, high = (self._bind(m, c.column, v) for v in c.value)
             return target.between(low, high)
         value = self._bind(m, c.column, c.value)
+        if isinstance(value, bool):
+            # SQLAlchemy allows only = and != with a bare True/False; bind it typed.
+            value = sa.literal(value, sa.Boolean())
         clause: sa.ColumnElement[bool]
         if op is Op.EQ:
             clause = column == value

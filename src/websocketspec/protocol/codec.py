@@ -18,6 +18,7 @@ import msgspec
 from websocketspec.exceptions import (
     InvalidFilterError,
     InvalidMessageError,
+    LimitError,
     ProtocolError,
 )
 from websocketspec.protocol.messages import ErrorInfo, Message
@@ -57,12 +58,15 @@ class Decoded:
     id: str | int | None = None
 
 
-def decode(frame: str | bytes, *, max_batch: int = 100) -> list[Decoded]:
+def decode(
+    frame: str | bytes, *, max_batch: int = 100, max_depth: int = 32
+) -> list[Decoded]:
     """Decode a text frame into messages.
 
     Args:
         frame: the frame's text.
         max_batch: the largest batch (JSON array) accepted.
+        max_depth: the deepest nesting of arrays and objects a message may hold.
 
     Returns:
         One item per message. A frame that is not JSON, an empty batch, a batch
@@ -72,15 +76,60 @@ def decode(frame: str | bytes, *, max_batch: int = 100) -> list[Decoded]:
     try:
         parsed = _fast_decoder.decode(frame)
     except msgspec.ValidationError:
-        return _decode_slow(frame, max_batch)
+        items = _decode_slow(frame, max_batch, max_depth)
     except msgspec.DecodeError:
         return [Decoded(error=InvalidMessageError("the frame is not valid JSON"))]
-    if isinstance(parsed, Message):
-        return [Decoded(message=parsed, id=parsed.id)]
-    problem = _batch_problem(len(parsed), max_batch)
-    if problem is not None:
-        return [Decoded(error=problem)]
-    return [Decoded(message=m, id=m.id) for m in parsed]
+    except RecursionError:
+        return [Decoded(error=_too_deep(max_depth))]
+    else:
+        if isinstance(parsed, Message):
+            items = [Decoded(message=parsed, id=parsed.id)]
+        else:
+            problem = _batch_problem(len(parsed), max_batch)
+            if problem is not None:
+                return [Decoded(error=problem)]
+            items = [Decoded(message=m, id=m.id) for m in parsed]
+    for item in items:
+        if item.message is not None and _deeper_than(item.message, max_depth):
+            item.message, item.error = None, _too_deep(max_depth)
+    return items
+
+
+def _too_deep(max_depth: int) -> ProtocolError:
+    return LimitError(
+        f"the message nests arrays and objects deeper than {max_depth} levels",
+        code="message_too_deep",
+        details={"max_depth": max_depth},
+    )
+
+
+def _deeper_than(message: Message, limit: int) -> bool:
+    """Whether the free-form parts of a message nest deeper than ``limit``.
+
+    The envelope itself is level 1; ``data`` and the other free-form values start at
+    level 2 (filter values at level 4, inside ``options.filters[i]``).
+    """
+    roots: list[tuple[Any, int]] = [
+        (message.data, 2),
+        (message.metadata, 2),
+        (message.record_id, 2),
+    ]
+    if message.options is not None:
+        roots.extend((f.value, 4) for f in message.options.filters)
+        for p in message.options.preload:
+            roots.extend((f.value, 6) for f in p.filters)
+    stack = [
+        (value, depth) for value, depth in roots if isinstance(value, (dict, list))
+    ]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend(
+            (child, depth + 1) for child in children if isinstance(child, (dict, list))
+        )
+    return False
 
 
 def _batch_problem(length: int, max_batch: int) -> ProtocolError | None:
@@ -94,14 +143,16 @@ def _batch_problem(length: int, max_batch: int) -> ProtocolError | None:
     return None
 
 
-def _decode_slow(frame: str | bytes, max_batch: int) -> list[Decoded]:
+def _decode_slow(frame: str | bytes, max_batch: int, max_depth: int) -> list[Decoded]:
     """Decode element by element to find which one is wrong, keeping ids."""
     try:
         obj = _any_decoder.decode(frame)
     except msgspec.DecodeError:  # pragma: no cover - the fast path caught it
         return [Decoded(error=InvalidMessageError("the frame is not valid JSON"))]
+    except RecursionError:
+        return [Decoded(error=_too_deep(max_depth))]
     if isinstance(obj, dict):
-        return [_convert(obj)]
+        return [_convert(obj, max_depth)]
     if not isinstance(obj, list):
         return [
             Decoded(
@@ -113,10 +164,10 @@ def _decode_slow(frame: str | bytes, max_batch: int) -> list[Decoded]:
         problem = InvalidMessageError("every element of a batch must be a JSON object")
     if problem is not None:
         return [Decoded(error=problem)]
-    return [_convert(e) for e in obj]
+    return [_convert(e, max_depth) for e in obj]
 
 
-def _convert(obj: dict[str, Any]) -> Decoded:
+def _convert(obj: dict[str, Any], max_depth: int) -> Decoded:
     raw_id = obj.get("id")
     msg_id = (
         raw_id
@@ -125,6 +176,8 @@ def _convert(obj: dict[str, Any]) -> Decoded:
     )
     try:
         message = msgspec.convert(obj, Message)
+    except RecursionError:
+        return Decoded(error=_too_deep(max_depth), id=msg_id)
     except msgspec.ValidationError as exc:
         text = str(exc)
         error: ProtocolError

@@ -22,7 +22,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any, TypeAlias
 
-from websocketspec.exceptions import InvalidFilterError
+from websocketspec.exceptions import InvalidFilterError, LimitError
 from websocketspec.protocol.messages import FilterOption
 from websocketspec.protocol.values import ORDERED_TYPES, TEXT_TYPES, ColumnType, coerce
 
@@ -185,7 +185,11 @@ def _condition(
         if op is Op.BETWEEN and len(value) != 2:
             raise bad("the value must be a list of two bounds")
         if max_in is not None and len(value) > max_in:
-            raise bad(f"the list may hold at most {max_in} values")
+            raise LimitError(
+                f"filter on {option.column!r} ({op.value}): the list may hold at most {max_in} values",
+                code="too_many_values",
+                details={"field": option.column, "index": index, "max_in": max_in},
+            )
         if any(v is None for v in value):
             raise bad("the list may not hold null; use is_null")
         try:

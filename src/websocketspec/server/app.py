@@ -26,6 +26,7 @@ from websocketspec.broker.base import Broker
 from websocketspec.broker.memory import MemoryBroker
 from websocketspec.exceptions import (
     InvalidMessageError,
+    LimitError,
     ProtocolError,
     UnauthorizedError,
 )
@@ -35,6 +36,7 @@ from websocketspec.registry import ModelRegistry
 from websocketspec.server.config import Config
 from websocketspec.server.connection import Connection, State
 from websocketspec.server.dispatch import Dispatcher, error_info
+from websocketspec.server.limits import TokenBucket, is_origin_allowed
 from websocketspec.server.subscriptions import Fanout, SubscriptionTable
 from websocketspec.types import ASGIReceive, ASGISend, Scope
 
@@ -83,6 +85,15 @@ def handshake_from_scope(scope: Scope) -> Handshake:
         client=(str(client[0]), int(client[1])) if client else None,
         subprotocols=tuple(scope.get("subprotocols", ())),
     )
+
+
+def refusal_status(exc: ProtocolError) -> int:
+    """The HTTP status that refuses a handshake for ``exc``."""
+    if isinstance(exc, UnauthorizedError):
+        return 401
+    if isinstance(exc, LimitError):
+        return 429
+    return 403
 
 
 class Handler:
@@ -219,7 +230,7 @@ class Handler:
                 return
 
     async def _refuse(self, scope: Scope, send: ASGISend, exc: ProtocolError) -> None:
-        status = 401 if isinstance(exc, UnauthorizedError) else 403
+        status = refusal_status(exc)
         if "websocket.http.response" in scope.get("extensions", {}):
             body = encode(
                 {"error": {"code": exc.code, "message": exc.message}}
@@ -247,11 +258,35 @@ class Handler:
             ProtocolError: a hook refused the connection.
         """
         await self.start()
+        config = self.config
+        if not is_origin_allowed(
+            handshake.origin, handshake.headers.get("host"), config.allowed_origins
+        ):
+            log.info("refused a cross-origin handshake from %s", handshake.origin)
+            raise ProtocolError(
+                f"cross-origin WebSocket connections from {handshake.origin} are "
+                "refused; allow the origin with Config(allowed_origins=[...])",
+                code="origin_not_allowed",
+            )
+        if config.max_connections_per_client is not None and handshake.client:
+            address = handshake.client[0]
+            held = sum(
+                1
+                for c in self.connections.values()
+                if c.handshake.client and c.handshake.client[0] == address
+            )
+            if held >= config.max_connections_per_client:
+                raise LimitError(
+                    f"this address holds {held} connections, the most allowed",
+                    code="too_many_connections",
+                )
         conn = Connection(
             handshake,
-            max_queue=self.config.max_queue,
-            max_queue_bytes=self.config.max_queue_bytes,
+            max_queue=config.max_queue,
+            max_queue_bytes=config.max_queue_bytes,
         )
+        if config.max_messages_per_second is not None:
+            conn.rate = TokenBucket(config.max_messages_per_second, config.rate_burst)
         ctx = HookContext(connection=conn, operation="connect")
         try:
             await self.hooks.run_before(HookType.CONNECT, ctx)
@@ -324,30 +359,60 @@ class Handler:
                     await writer
 
     async def _reader(self, conn: Connection, next_frame: FrameSource) -> None:
-        slots = asyncio.Semaphore(self.config.max_in_flight)
+        config = self.config
+        slots = asyncio.Semaphore(config.max_in_flight)
         closing = asyncio.ensure_future(conn.closing.wait())
         try:
             while True:
                 receiving = asyncio.ensure_future(next_frame())
                 done, _ = await asyncio.wait(
-                    {receiving, closing}, return_when=asyncio.FIRST_COMPLETED
+                    {receiving, closing},
+                    timeout=config.idle_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 if receiving not in done:
                     receiving.cancel()
+                    if not done:
+                        conn.close(1000, "idle timeout")
                     return
                 frame = receiving.result()
                 if frame is None:
                     conn.state = State.CLOSED
                     return
                 conn.received += 1
-                if isinstance(frame, bytes):
-                    conn.send(error_response(None, error_info(_binary_error(), None)))
-                    continue
-                for item in decode(frame, max_batch=self.config.max_batch):
+                for item in self._items(conn, frame):
                     await slots.acquire()
                     self._spawn(conn, item, slots)
         finally:
             closing.cancel()
+
+    def _items(self, conn: Connection, frame: str | bytes) -> list[Decoded]:
+        """Decode a frame, answering at once what must not run."""
+        config = self.config
+        if isinstance(frame, bytes):
+            conn.send(error_response(None, error_info(_binary_error(), None)))
+            return []
+        if len(frame) > config.max_message_size:
+            error = LimitError(
+                f"the message is larger than {config.max_message_size} bytes",
+                code="message_too_large",
+                details={"max_message_size": config.max_message_size},
+            )
+            conn.send(error_response(None, error_info(error, None)))
+            return []
+        items = decode(frame, max_batch=config.max_batch, max_depth=config.max_depth)
+        if conn.rate is not None:
+            for item in items:
+                if item.message is not None and not conn.rate.take():
+                    item.message = None
+                    item.error = LimitError(
+                        "too many messages; slow down",
+                        code="rate_limited",
+                        details={
+                            "max_messages_per_second": config.max_messages_per_second
+                        },
+                    )
+        return items
 
     def _spawn(self, conn: Connection, item: Decoded, slots: asyncio.Semaphore) -> None:
         task = asyncio.create_task(self.dispatcher.handle(conn, item))

@@ -32,7 +32,32 @@ class Config:
     max_queue_bytes: int = 32 * 1024 * 1024
     """Bytes waiting to be sent to one connection before it is closed (1013)."""
     close_timeout: float = 10.0
-    """Seconds a closing connection waits for its requests in flight."""
+    """Seconds a closing connection (or a stopping server) waits for requests in flight."""
+    max_message_size: int = 1024 * 1024
+    """The largest frame the application handles (``message_too_large`` past it, and the
+    connection stays open). The WebSocket server's own frame limit, set higher, closes the
+    connection with 1009 instead."""
+    max_depth: int = 32
+    """The deepest nesting of JSON arrays and objects in a message (``message_too_deep``)."""
+    max_response_size: int = 1024 * 1024
+    """The largest response; a larger one is refused with ``response_too_large``."""
+    max_messages_per_second: float | None = None
+    """Messages one connection may send per second (a token bucket; ``rate_limited``
+    past it). Off by default."""
+    rate_burst: int | None = None
+    """How many messages above the rate a connection may send at once (default: one
+    second's worth)."""
+    max_connections_per_client: int | None = None
+    """Connections one client address may hold at once (refused with HTTP 429). Off by
+    default; behind a proxy every client has the proxy's address."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins (``https://app.example.com``) whose browsers may connect besides the
+    server's own; ``("*",)`` allows every origin. Clients sending no ``Origin`` header
+    (servers, scripts) always pass."""
+    request_timeout: float | None = 30.0
+    """Seconds a database operation may take before it fails with ``<operation>_error``."""
+    idle_timeout: float | None = None
+    """Close a connection that sent nothing for this many seconds. Off by default."""
 
     @property
     def limits(self) -> Limits:

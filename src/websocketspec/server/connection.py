@@ -26,6 +26,7 @@ from websocketspec.hooks import Handshake
 from websocketspec.protocol.codec import encode
 
 if TYPE_CHECKING:
+    from websocketspec.server.limits import TokenBucket
     from websocketspec.server.subscriptions import Subscription
 
 __all__ = ["Connection", "FrameSink", "State"]
@@ -81,6 +82,8 @@ class Connection:
         self.closing = asyncio.Event()
         """Set once the server decided to close this connection."""
         self.tasks: set[asyncio.Task[None]] = set()
+        self.rate: TokenBucket | None = None
+        """The message-rate limit, when one is configured."""
         self.sink: FrameSink | None = None
         """Set by shells that write frames directly instead of through the outbox."""
 

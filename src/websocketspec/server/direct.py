@@ -22,11 +22,15 @@ from urllib.parse import urlsplit
 from websocketspec.exceptions import (
     MissingDependencyError,
     ProtocolError,
-    UnauthorizedError,
 )
 from websocketspec.hooks import Handshake
 from websocketspec.protocol.codec import encode
-from websocketspec.server.app import Handler, parse_cookies, parse_query
+from websocketspec.server.app import (
+    Handler,
+    parse_cookies,
+    parse_query,
+    refusal_status,
+)
 from websocketspec.server.connection import Connection
 
 try:
@@ -203,11 +207,7 @@ class DirectServer:
         try:
             admitted = await self.handler.admit(_handshake(ws, request))
         except ProtocolError as exc:
-            status = (
-                HTTPStatus.UNAUTHORIZED
-                if isinstance(exc, UnauthorizedError)
-                else HTTPStatus.FORBIDDEN
-            )
+            status = HTTPStatus(refusal_status(exc))
             body = encode({"error": {"code": exc.code, "message": exc.message}})
             response = ws.respond(status, body)
             response.headers["Content-Type"] = "application/json"

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from websocketspec.adapters.base import Adapter, Change
@@ -32,7 +33,7 @@ from websocketspec.exceptions import (
     UnauthorizedError,
 )
 from websocketspec.hooks import HookContext, HookRegistry, HookType
-from websocketspec.protocol.codec import Decoded, error_response, pong, response
+from websocketspec.protocol.codec import Decoded, encode, error_response, pong, response
 from websocketspec.protocol.filters import Expr, matches
 from websocketspec.protocol.messages import (
     REQUEST_OPERATIONS,
@@ -119,7 +120,35 @@ class Dispatcher:
             conn.send(error_response(msg.id, error_info(exc, operation)))
             return
         if answer is not None:
-            conn.send(answer)
+            self._reply(conn, answer)
+
+    def _reply(self, conn: Connection, answer: dict[str, Any]) -> None:
+        """Send an answer, or ``response_too_large`` when it exceeds the limit."""
+        text = encode(answer)
+        limit = self.config.max_response_size
+        if len(text) > limit:
+            error = LimitError(
+                f"the response would be {len(text)} bytes, more than {limit}; "
+                "ask for fewer rows (limit) or columns",
+                code="response_too_large",
+                details={"max_response_size": limit},
+            )
+            text = encode(error_response(answer.get("id"), error_info(error, None)))
+        conn.send_text(text)
+
+    @asynccontextmanager
+    async def _deadline(self, operation: str) -> AsyncIterator[None]:
+        """Fail the database work inside with ``<operation>_error`` past the timeout."""
+        try:
+            async with asyncio.timeout(self.config.request_timeout):
+                yield
+        except TimeoutError as exc:
+            log.warning(
+                "%s timed out after %ss", operation, self.config.request_timeout
+            )
+            raise OperationError(
+                operation, "timed out", public_message=f"the {operation} timed out"
+            ) from exc
 
     async def _route(self, conn: Connection, msg: Message) -> dict[str, Any] | None:
         kind = msg.type
@@ -190,15 +219,19 @@ class Dispatcher:
         keep = tuple(p.relation.name for p in query.preload)
         if ctx.record_id is not None:
             key = parse_record_id(entity, ctx.record_id)
-            row = await self.adapter.read_one(entity, key, query)
+            async with self._deadline("read"):
+                row = await self.adapter.read_one(entity, key, query)
             if row is None:
                 raise NotFoundError(f"no {entity.name} row has id {ctx.record_id!r}")
             ctx.result = project(row, query.columns, keep)
             await self.hooks.run_after(HookType.READ, ctx)
+            await self.hooks.run_after(HookType.HANDLE, ctx)
             return response(msg.id, ctx.result)
-        rows, total = await self.adapter.read_many(entity, query)
+        async with self._deadline("read"):
+            rows, total = await self.adapter.read_many(entity, query)
         ctx.result = [project(row, query.columns, keep) for row in rows]
         await self.hooks.run_after(HookType.READ, ctx)
+        await self.hooks.run_after(HookType.HANDLE, ctx)
         result = ctx.result if ctx.result is not None else []
         count = len(result) if isinstance(result, list) else 1
         metadata = {
@@ -244,6 +277,7 @@ class Dispatcher:
             "relations": relations,
         }
         await self.hooks.run_after(HookType.META, ctx)
+        await self.hooks.run_after(HookType.HANDLE, ctx)
         return response(msg.id, ctx.result)
 
     # -- writes -------------------------------------------------------------------
@@ -275,13 +309,15 @@ class Dispatcher:
             if row is not None and ctx.record_id is None:
                 ctx.record_id = _key_of(entity, row)
             await self.hooks.run_after(hook_type, ctx)
+            await self.hooks.run_after(HookType.HANDLE, ctx)
             return ctx.result
 
         if op is Operation.CREATE:
             data = validate_data(entity, ctx.data, partial=False)
             async with self._lock(entity.key):
-                result, change = await self.adapter.create(entity, data, check)
-                conn.send(response(msg.id, result))
+                async with self._deadline("create"):
+                    result, change = await self.adapter.create(entity, data, check)
+                self._reply(conn, response(msg.id, result))
                 await self._publish(change)
             return
         key = parse_record_id(entity, ctx.record_id)
@@ -291,13 +327,15 @@ class Dispatcher:
         async with self._lock(entity.key):
             if op is Operation.UPDATE:
                 data = validate_data(entity, ctx.data, partial=True, key=key)
-                outcome = await self.adapter.update(entity, key, data, where, check)
+                async with self._deadline("update"):
+                    outcome = await self.adapter.update(entity, key, data, where, check)
             else:
-                outcome = await self.adapter.delete(entity, key, where, check)
+                async with self._deadline("delete"):
+                    outcome = await self.adapter.delete(entity, key, where, check)
             if outcome is None:
                 raise NotFoundError(f"no {entity.name} row has id {ctx.record_id!r}")
             result, change = outcome
-            conn.send(response(msg.id, result))
+            self._reply(conn, response(msg.id, result))
             await self._publish(change)
 
     # -- subscriptions ------------------------------------------------------------
@@ -331,7 +369,8 @@ class Dispatcher:
             "entity": entity.name,
         }
         await self.hooks.run_after(HookType.SUBSCRIBE, ctx)
-        conn.send(response(msg.id, ctx.result))
+        await self.hooks.run_after(HookType.HANDLE, ctx)
+        self._reply(conn, response(msg.id, ctx.result))
         conn.subscriptions[sub.id] = sub
         self.table.add(sub)
 
@@ -359,6 +398,7 @@ class Dispatcher:
         self.drop_subscription(conn, sub.id)
         ctx.result = {"unsubscribed": True, "subscription_id": sub.id}
         await self.hooks.run_after(HookType.UNSUBSCRIBE, ctx)
+        await self.hooks.run_after(HookType.HANDLE, ctx)
         return response(msg.id, ctx.result)
 
     def drop_subscription(self, conn: Connection, sub_id: str) -> None:
