@@ -43,6 +43,7 @@ class Operation(StrEnum):
     UPDATE = "update"
     DELETE = "delete"
     META = "meta"
+    AUTH = "auth"
     SUBSCRIBE = "subscribe"
     UNSUBSCRIBE = "unsubscribe"
 
@@ -54,6 +55,7 @@ REQUEST_OPERATIONS = frozenset(
         Operation.UPDATE,
         Operation.DELETE,
         Operation.META,
+        Operation.AUTH,
     }
 )
 SUBSCRIPTION_OPERATIONS = frozenset({Operation.SUBSCRIBE, Operation.UNSUBSCRIBE})

@@ -19,7 +19,9 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
+
+import msgspec
 
 from websocketspec.adapters.base import Adapter, Change
 from websocketspec.exceptions import (
@@ -33,7 +35,14 @@ from websocketspec.exceptions import (
     UnauthorizedError,
 )
 from websocketspec.hooks import HookContext, HookRegistry, HookType
-from websocketspec.protocol.codec import Decoded, encode, error_response, pong, response
+from websocketspec.protocol.codec import (
+    Decoded,
+    encode,
+    error_response,
+    now,
+    pong,
+    response,
+)
 from websocketspec.protocol.filters import Expr, matches
 from websocketspec.protocol.messages import (
     REQUEST_OPERATIONS,
@@ -57,7 +66,7 @@ from websocketspec.server.config import Config
 from websocketspec.server.connection import Connection
 from websocketspec.server.subscriptions import Subscription, SubscriptionTable
 
-__all__ = ["Dispatcher", "error_info"]
+__all__ = ["Authenticator", "Dispatcher", "error_info"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +93,20 @@ def error_info(exc: BaseException, operation: str | None) -> ErrorInfo:
     return ErrorInfo("internal_error", "an internal error occurred")
 
 
+class Authenticator(Protocol):
+    """Verifies the credentials of an ``auth`` message and sets the connection's identity."""
+
+    async def authenticate(
+        self, conn: Connection, credentials: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Replace the connection's identity; returns the response's data.
+
+        Raises:
+            ProtocolError: the credentials are refused (``UnauthorizedError``).
+        """
+        ...
+
+
 class Dispatcher:
     """Handles the messages of every connection."""
 
@@ -105,6 +128,8 @@ class Dispatcher:
         self.config = config
         self.limits = config.limits
         self._locks: dict[str, asyncio.Lock] = {}
+        self.authenticator: Authenticator | None = None
+        """Verifies the credentials of ``auth`` messages (see websocketspec.auth)."""
 
     async def handle(self, conn: Connection, item: Decoded) -> None:
         """Answer one decoded message on ``conn``; never raises."""
@@ -179,6 +204,8 @@ class Dispatcher:
             )
         if op is Operation.UNSUBSCRIBE:
             return await self._unsubscribe(conn, msg)
+        if op is Operation.AUTH:
+            return await self._auth(conn, msg)
         if not msg.entity:
             raise InvalidMessageError("entity is required")
         entity = self.registry.get(msg.entity, msg.schema)
@@ -196,10 +223,12 @@ class Dispatcher:
             data=msg.data if isinstance(msg.data, dict) else None,
             message=msg,
         )
-        await self.hooks.run_before(HookType.HANDLE, ctx)
         if op is Operation.SUBSCRIBE:
-            await self._subscribe(conn, msg, entity, ctx)
+            original = msgspec.convert(msgspec.to_builtins(ctx.options), QueryOptions)
+            await self.hooks.run_before(HookType.HANDLE, ctx)
+            await self._subscribe(conn, msg, entity, ctx, original)
             return None
+        await self.hooks.run_before(HookType.HANDLE, ctx)
         await self.hooks.run_before(HookType(op.value), ctx)
         if op is Operation.READ:
             return await self._read(msg, entity, ctx)
@@ -341,7 +370,12 @@ class Dispatcher:
     # -- subscriptions ------------------------------------------------------------
 
     async def _subscribe(
-        self, conn: Connection, msg: Message, entity: EntityInfo, ctx: HookContext
+        self,
+        conn: Connection,
+        msg: Message,
+        entity: EntityInfo,
+        ctx: HookContext,
+        original: QueryOptions,
     ) -> None:
         # A subscription is a standing read: before-read hooks (row security) apply.
         await self.hooks.run_before(HookType.READ, ctx)
@@ -361,6 +395,7 @@ class Dispatcher:
             entity=entity,
             where=where,
             columns=columns,
+            options=original,
         )
         ctx.subscription_id = sub.id
         ctx.result = {
@@ -400,6 +435,67 @@ class Dispatcher:
         await self.hooks.run_after(HookType.UNSUBSCRIBE, ctx)
         await self.hooks.run_after(HookType.HANDLE, ctx)
         return response(msg.id, ctx.result)
+
+    async def _auth(self, conn: Connection, msg: Message) -> dict[str, Any]:
+        if self.authenticator is None:
+            raise InvalidMessageError(
+                "this server does not accept auth messages", code="invalid_operation"
+            )
+        if not isinstance(msg.data, dict):
+            raise InvalidModelError(
+                'data must hold the credentials, e.g. {"token": "..."}'
+            )
+        data = await self.authenticator.authenticate(conn, msg.data)
+        await self.revalidate(conn)
+        return response(msg.id, data)
+
+    async def revalidate(self, conn: Connection) -> None:
+        """Re-run the subscribe hooks of every subscription for a changed identity.
+
+        A subscription the hooks now refuse is revoked with a notification; one they
+        accept takes the (possibly different) security filters of the new identity.
+        """
+        for sub in list(conn.subscriptions.values()):
+            options = sub.options or QueryOptions()
+            ctx = HookContext(
+                connection=conn,
+                operation=Operation.SUBSCRIBE.value,
+                schema=sub.entity.schema,
+                entity=sub.entity.name,
+                options=msgspec.convert(msgspec.to_builtins(options), QueryOptions),
+                subscription_id=sub.id,
+            )
+            try:
+                for hook_type in (HookType.HANDLE, HookType.READ, HookType.SUBSCRIBE):
+                    await self.hooks.run_before(hook_type, ctx)
+                where = build_where(
+                    sub.entity, ctx.options.filters, ctx.security_filters, self.limits
+                )
+                columns = validate_columns(sub.entity, ctx.options.columns)
+            except ProtocolError as exc:
+                self.revoke(conn, sub, exc.code, exc.message)
+                continue
+            self.table.remove(sub.id)
+            sub.where, sub.columns = where, columns
+            self.table.add(sub)
+
+    def revoke(
+        self, conn: Connection, sub: Subscription, code: str, message: str
+    ) -> None:
+        """End a subscription and tell its client why (``operation: "revoked"``)."""
+        self.drop_subscription(conn, sub.id)
+        conn.send(
+            {
+                "type": "notification",
+                "operation": "revoked",
+                "subscription_id": sub.id,
+                "schema": sub.entity.schema,
+                "entity": sub.entity.name,
+                "data": None,
+                "metadata": {"reason": code, "message": message},
+                "timestamp": now(),
+            }
+        )
 
     def drop_subscription(self, conn: Connection, sub_id: str) -> None:
         """Remove one subscription of a connection."""

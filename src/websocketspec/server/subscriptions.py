@@ -28,6 +28,7 @@ from websocketspec.exceptions import HookError, ProtocolError
 from websocketspec.hooks import HookContext, HookRegistry, HookType
 from websocketspec.protocol.codec import now
 from websocketspec.protocol.filters import Condition, Expr, Group, Op, matches
+from websocketspec.protocol.messages import QueryOptions
 from websocketspec.query import project
 from websocketspec.registry import EntityInfo
 from websocketspec.server.connection import Connection
@@ -47,6 +48,8 @@ class Subscription:
     where: Expr | None
     columns: tuple[str, ...] | None
     index_key: tuple[str, Any] | None = field(default=None)
+    options: QueryOptions | None = None
+    """The client's own options, kept to re-run the hooks when the identity changes."""
 
 
 def _index_key(where: Expr | None) -> tuple[str, Any] | None:
