@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from websocketspec import Handler
 from websocketspec.adapters.sqlalchemy import SQLAlchemyAdapter, create_engine
+from websocketspec.broker import broker_from_url
 
 
 class Base(DeclarativeBase):
@@ -45,18 +47,18 @@ class Post(Base):
     user: Mapped[User] = relationship(back_populates="posts")
 
 
-def build(database: str) -> tuple[Handler, Any]:
+def build(database: str, broker: str = "memory://") -> tuple[Handler, Any]:
     """Create the handler for ``database`` with both models registered."""
     engine = create_engine(database)
-    handler = Handler(SQLAlchemyAdapter(engine))
+    handler = Handler(SQLAlchemyAdapter(engine), broker=broker_from_url(broker))
     handler.registry.register_model("public.users", User)
     handler.registry.register_model("public.posts", Post)
     return handler, engine
 
 
-def app(database: str = "sqlite:///app.db") -> Any:
+def app(database: str = "sqlite:///app.db", broker: str = "memory://") -> Any:
     """An ASGI app serving the handler at ``/ws``; creates the tables on startup."""
-    handler, engine = build(database)
+    handler, engine = build(database, broker)
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -90,15 +92,29 @@ def app(database: str = "sqlite:///app.db") -> Any:
     return asgi
 
 
-async def serve_direct(database: str, host: str, port: int) -> None:
-    """Create the tables, then serve on the direct websockets server until SIGTERM/SIGINT."""
-    from websocketspec.server.direct import DirectServer
-
-    handler, engine = build(database)
+async def create_tables(database: str) -> None:
+    """Create the quickstart's tables when missing."""
+    engine = create_engine(database)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
+    await engine.dispose()
+
+
+async def serve_direct(args: argparse.Namespace) -> None:
+    """Serve on the direct websockets server until SIGTERM/SIGINT."""
+    from websocketspec.server.direct import DirectServer
+
+    if not args.worker:
+        await create_tables(args.database)
+    handler, engine = build(args.database, args.broker)
     server = DirectServer(
-        handler, host, port, path="/ws", ping_interval=20.0, ping_timeout=20.0
+        handler,
+        args.host,
+        args.port,
+        path="/ws",
+        ping_interval=20.0,
+        ping_timeout=20.0,
+        reuse_port=args.worker,
     )
     await server.serve_forever()
     await engine.dispose()
@@ -114,28 +130,60 @@ def main(argv: list[str] | None = None) -> None:
         help="database URL (default: sqlite:///app.db)",
     )
     parser.add_argument(
+        "--broker",
+        default="memory://",
+        help="memory:// (default), redis://host:6379/0 or postgresql://… to share "
+        "notifications between processes",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port"
+    )
+    parser.add_argument(
         "--asgi",
         action="store_true",
         help="serve the ASGI app with uvicorn instead of the direct websockets server",
     )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    print(
-        f"websocketspec quickstart: ws://{args.host}:{args.port}/ws on {args.database}",
-        flush=True,
-    )
+    if args.workers > 1:
+        if args.broker == "memory://":
+            parser.error(
+                "--workers needs a shared broker: with memory:// each process would "
+                "notify only its own clients of its own writes; use --broker "
+                "redis://… or --broker postgresql://…"
+            )
+        if args.asgi:
+            parser.error("--workers runs the direct server; drop --asgi")
+        from websocketspec.cli.main import run
+        from websocketspec.cli.workers import supervise
+
+        run(lambda: create_tables(args.database))
+        print(
+            f"websocketspec quickstart: {args.workers} workers at "
+            f"ws://{args.host}:{args.port}/ws on {args.database}, broker {args.broker}",
+            flush=True,
+        )
+        worker = [sys.executable, __file__, *(argv or sys.argv[1:]), "--worker"]
+        worker[worker.index("--workers") + 1] = "1"
+        sys.exit(supervise(worker, args.workers))
+    if not args.worker:
+        print(
+            f"websocketspec quickstart: ws://{args.host}:{args.port}/ws on {args.database}",
+            flush=True,
+        )
     if not args.asgi:
         from websocketspec.cli.main import run
 
-        run(lambda: serve_direct(args.database, args.host, args.port))
+        run(lambda: serve_direct(args))
         return
 
     import uvicorn
 
     uvicorn.run(
-        app(args.database),
+        app(args.database, args.broker),
         host=args.host,
         port=args.port,
         ws="websockets-sansio",

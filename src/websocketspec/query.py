@@ -22,7 +22,7 @@ from websocketspec.exceptions import (
 )
 from websocketspec.protocol.filters import Expr, all_of, compile_filters
 from websocketspec.protocol.messages import FilterOption, QueryOptions, SortOption
-from websocketspec.protocol.values import coerce, coerce_key
+from websocketspec.protocol.values import ColumnType, coerce, coerce_key
 from websocketspec.registry import EntityInfo, ModelRegistry, RelationInfo
 
 __all__ = [
@@ -94,6 +94,13 @@ def _sort(
         if option.column not in entity.columns:
             raise InvalidFilterError(
                 f"unknown column {option.column!r} in sort",
+                code="invalid_column",
+                details={"field": option.column},
+            )
+        if entity.column_types.get(option.column) is ColumnType.JSON:
+            # JSON has no order on PostgreSQL, and SQLite would order its text.
+            raise InvalidFilterError(
+                f"cannot sort by the JSON column {option.column!r}",
                 code="invalid_column",
                 details={"field": option.column},
             )
@@ -184,7 +191,8 @@ def build_read_query(
         columns=_columns(entity, options.columns),
         sort=_sort(entity, options.sort),
         limit=min(limit, limits.max_page_size),
-        offset=offset,
+        # Past every row either way; databases take offsets of 64 bits at most.
+        offset=min(offset, 2**63 - 1),
         preload=tuple(preloads),
     )
 
@@ -259,9 +267,23 @@ def validate_data(
             out[name] = None
             continue
         try:
-            out[name] = coerce(value, column.type)
+            coerced = coerce(value, column.type)
         except ValueError as exc:
             raise ValidationError(f"{name}: {exc}", field=name) from None
+        if column.max_length is not None and len(coerced) > column.max_length:
+            raise ValidationError(
+                f"{name}: at most {column.max_length} characters, got {len(coerced)}",
+                field=name,
+            )
+        if (
+            column.bounds is not None
+            and not column.bounds[0] <= coerced <= column.bounds[1]
+        ):
+            low, high = column.bounds
+            raise ValidationError(
+                f"{name}: must be between {low} and {high}", field=name
+            )
+        out[name] = coerced
     if partial and key is not None:
         for name, current in zip(entity.primary_key, key, strict=True):
             if name in out and out[name] != current:

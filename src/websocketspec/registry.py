@@ -39,6 +39,10 @@ class ColumnInfo:
     """A JSON-friendly description of the default (a scalar, or the SQL text)."""
     has_default: bool = False
     """True when the database or the model fills the column if it is left out."""
+    max_length: int | None = None
+    """The longest text the column holds, as declared (``String(200)``)."""
+    bounds: tuple[int, int] | None = None
+    """The smallest and largest integer the column holds, as declared."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,16 +18,17 @@ exception or its text escape), and return rows as plain dicts normalised with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
+from websocketspec.exceptions import ConfigurationError
 from websocketspec.protocol.filters import Expr
 from websocketspec.query import ReadQuery
 from websocketspec.registry import EntityInfo, ModelDescription
 from websocketspec.types import Record
 
-__all__ = ["Adapter", "Change", "WriteCheck"]
+__all__ = ["Adapter", "Change", "ChangeLog", "WriteCheck"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,34 @@ class Change:
     """The canonical ``schema.entity`` name."""
     old: Record | None
     new: Record | None
+    seq: int = 0
+    """Position in the entity's change stream, in commit order (0: not yet assigned)."""
+    epoch: str = ""
+    """Names the stream's history; it changes when that history is lost."""
+
+
+class ChangeLog(Protocol):
+    """A durable, ordered record of committed changes (the transactional outbox).
+
+    Adapters that keep one write each change in the write's own transaction, with a
+    per-entity sequence number assigned in commit order.
+    """
+
+    async def positions(self) -> dict[str, tuple[int, str]]:
+        """The latest ``(seq, epoch)`` of every entity's stream."""
+        ...
+
+    async def changes_since(
+        self, entity: str, after: int, limit: int = 1000
+    ) -> tuple[int, list[Change]]:
+        """Changes of ``entity`` with ``seq > after``, in order, at most ``limit``.
+
+        Returns:
+            The lowest sequence number still held for the entity (0 when none is
+            held), so that a caller can tell whether the history reaches back, and
+            the changes.
+        """
+        ...
 
 
 WriteCheck: TypeAlias = Callable[[Change], Awaitable[Any]]
@@ -61,6 +90,23 @@ class Adapter(ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release every resource."""
+
+    async def enable_log(
+        self, entities: Sequence[EntityInfo], *, notify: str | None
+    ) -> ChangeLog:
+        """Keep a durable change log from now on, for brokers shared by processes.
+
+        Creates what the log needs (tables) when missing. Each write then records its
+        change, with the entity's next sequence number, in its own transaction.
+
+        Args:
+            entities: the registered entities, whose streams are prepared.
+            notify: a PostgreSQL ``NOTIFY`` channel to signal each commit on, if any.
+
+        Raises:
+            ConfigurationError: this adapter cannot keep a log.
+        """
+        raise ConfigurationError(f"{type(self).__name__} cannot keep a change log")
 
     @abstractmethod
     async def read_many(

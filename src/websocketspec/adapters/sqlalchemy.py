@@ -19,6 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from websocketspec.adapters.base import Adapter, Change, WriteCheck
@@ -52,6 +53,8 @@ try:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("sqlalchemy", "sqlalchemy") from exc
+
+from websocketspec.adapters.sqlalchemy_log import SQLAlchemyChangeLog
 
 __all__ = ["SQLAlchemyAdapter", "async_url", "create_engine"]
 
@@ -150,6 +153,27 @@ def _default(column: sa.Column[Any]) -> tuple[Any, bool]:
     return None, False
 
 
+def _max_length(column: sa.Column[Any]) -> int | None:
+    length = getattr(column.type, "length", None)
+    if isinstance(column.type, sa.String) and isinstance(length, int):
+        return length
+    return None
+
+
+def _bounds(column: sa.Column[Any]) -> tuple[int, int] | None:
+    """The range an integer column holds, as declared (SQLite would take more)."""
+    t = column.type
+    if isinstance(t, sa.SmallInteger):
+        return -(2**15), 2**15 - 1
+    if isinstance(t, sa.BigInteger):
+        return -(2**63), 2**63 - 1
+    if isinstance(t, sa.Integer):
+        # INTEGER is 32 bits on PostgreSQL and MariaDB; SQLite would store more, but the
+        # model declares the same range everywhere.
+        return -(2**31), 2**31 - 1
+    return None
+
+
 class _Mapping:
     """Per-entity SQL objects: the table and the wire-name to column map."""
 
@@ -192,6 +216,8 @@ class SQLAlchemyAdapter(Adapter):
             raise ValueError(f"expected NORMAL or FULL, got {sqlite_synchronous!r}")
         self._sqlite_synchronous = sqlite_synchronous.upper()
         self._maps: dict[int, _Mapping] = {}
+        self.log: SQLAlchemyChangeLog | None = None
+        """The change log, once a shared broker asked for one (:meth:`enable_log`)."""
         if self.dialect == "sqlite":
             self._install_sqlite_events()
 
@@ -226,6 +252,17 @@ class SQLAlchemyAdapter(Adapter):
             immediate = conn.get_execution_options().get("websocketspec_write", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
+    async def enable_log(
+        self, entities: Sequence[EntityInfo], *, notify: str | None
+    ) -> SQLAlchemyChangeLog:
+        """Record every write in the transactional outbox from now on."""
+        if self.log is None:
+            by_key = {e.key: e for e in entities}
+            log = SQLAlchemyChangeLog(self.engine, by_key.get, notify=notify)
+            await log.install(entities)
+            self.log = log
+        return self.log
+
     async def stop(self) -> None:
         """Dispose of the engine if this adapter created it."""
         if self._owns_engine:
@@ -251,6 +288,8 @@ class SQLAlchemyAdapter(Adapter):
                 ColumnInfo(
                     name=prop.key,
                     type=_portable_type(column),
+                    max_length=_max_length(column),
+                    bounds=_bounds(column),
                     nullable=bool(column.nullable) and not column.primary_key,
                     primary_key=column.primary_key,
                     default=default,
@@ -327,6 +366,21 @@ class SQLAlchemyAdapter(Adapter):
             return sa.and_(*parts) if expr.kind == "and" else sa.or_(*parts)
         return self._condition(m, expr)
 
+    def _operand(self, m: _Mapping, name: str, value: Any) -> Any:
+        """A filter value, bound so that the database compares it exactly as given."""
+        value = self._bind(m, name, value)
+        if isinstance(value, bool):
+            # SQLAlchemy allows only = and != with a bare True/False; bind it typed.
+            return sa.literal(value, sa.Boolean())
+        if self.dialect == "postgresql":
+            # Bound with the column's type, a value would be cast to it: out of range
+            # for int4 (an error) or rounded to the scale of numeric(p, s).
+            if isinstance(value, int):
+                return sa.literal(value, sa.BigInteger())
+            if isinstance(value, Decimal):
+                return sa.literal(value, sa.Numeric())
+        return value
+
     def _condition(self, m: _Mapping, c: Condition) -> sa.ColumnElement[bool]:
         column = m.columns[c.column]
         op = c.op
@@ -335,7 +389,7 @@ class SQLAlchemyAdapter(Adapter):
         if op is Op.IS_NOT_NULL:
             return column.is_not(None)
         if op in (Op.IN, Op.NOT_IN):
-            values = [self._bind(m, c.column, v) for v in c.value]
+            values = [self._operand(m, c.column, v) for v in c.value]
             if op is Op.IN:
                 return column.in_(values) if values else sa.false()
             # NOT IN () is true even for NULL in SQL; the contract says NULL never matches.
@@ -355,12 +409,9 @@ class SQLAlchemyAdapter(Adapter):
             return column.like(pattern, escape="\\")
         target = self._ordered(m, c.column, c.type)
         if op is Op.BETWEEN:
-            low, high = (self._bind(m, c.column, v) for v in c.value)
+            low, high = (self._operand(m, c.column, v) for v in c.value)
             return target.between(low, high)
-        value = self._bind(m, c.column, c.value)
-        if isinstance(value, bool):
-            # SQLAlchemy allows only = and != with a bare True/False; bind it typed.
-            value = sa.literal(value, sa.Boolean())
+        value = self._operand(m, c.column, c.value)
         clause: sa.ColumnElement[bool]
         if op is Op.EQ:
             clause = column == value
@@ -395,7 +446,7 @@ class SQLAlchemyAdapter(Adapter):
     ) -> sa.ColumnElement[bool]:
         return sa.and_(
             *(
-                m.columns[name] == self._bind(m, name, value)
+                m.columns[name] == self._operand(m, name, value)
                 for name, value in zip(entity.primary_key, key, strict=True)
             )
         )
@@ -540,6 +591,8 @@ class SQLAlchemyAdapter(Adapter):
             new = self._row((await conn.execute(stmt)).one())
             change = Change("create", entity.key, None, new)
             result = await check(change)
+            if self.log is not None:
+                change = await self.log.append(conn, change)
         return result, change
 
     async def update(
@@ -568,6 +621,8 @@ class SQLAlchemyAdapter(Adapter):
             new = self._row((await conn.execute(stmt)).one())
             change = Change("update", entity.key, old, new)
             result = await check(change)
+            if self.log is not None:
+                change = await self.log.append(conn, change)
         return result, change
 
     async def delete(
@@ -588,6 +643,8 @@ class SQLAlchemyAdapter(Adapter):
             )
             change = Change("delete", entity.key, old, None)
             result = await check(change)
+            if self.log is not None:
+                change = await self.log.append(conn, change)
         return result, change
 
     async def _locked(

@@ -2,32 +2,56 @@
 
 from __future__ import annotations
 
+import uuid
+from collections import deque
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 from websocketspec.adapters.base import Change
-from websocketspec.broker.base import Broker, ChangeSink
+from websocketspec.broker.base import Broker
 from websocketspec.exceptions import BrokerError
+
+if TYPE_CHECKING:
+    from websocketspec.broker.relay import Relay
 
 __all__ = ["MemoryBroker"]
 
 
 class MemoryBroker(Broker):
-    """Delivers each change synchronously to the one process's sink.
+    """Numbers each entity's changes and hands them to this process's relay at once.
 
-    It cannot share changes between processes; use it with one server process.
+    It cannot share changes between processes: use it with one server process. It
+    keeps the last ``history`` changes of each entity in memory.
+
+    Args:
+        history: changes kept per entity.
     """
 
-    def __init__(self) -> None:
-        self._sink: ChangeSink | None = None
+    def __init__(self, history: int = 1000) -> None:
+        self.history_size = history
+        self.epoch = uuid.uuid4().hex
+        """Changes with each start of the process: history does not survive it."""
+        self._relay: Relay | None = None
+        self._seq: dict[str, int] = {}
+        self.history: dict[str, deque[Change]] = {}
 
-    async def start(self, sink: ChangeSink) -> None:
-        """Remember the sink."""
-        self._sink = sink
+    async def start(self, relay: Relay) -> None:
+        """Remember the relay."""
+        self._relay = relay
 
     async def publish(self, change: Change) -> None:
-        """Hand the change to the sink at once."""
-        if self._sink is None:
+        """Number the change and hand it to the relay."""
+        if self._relay is None:
             raise BrokerError("the broker was not started")
-        self._sink(change)
+        seq = self._seq.get(change.entity, 0) + 1
+        self._seq[change.entity] = seq
+        change = replace(change, seq=seq, epoch=self.epoch)
+        kept = self.history.get(change.entity)
+        if kept is None:
+            kept = self.history[change.entity] = deque(maxlen=self.history_size)
+        kept.append(change)
+        self._relay.offer(change)
 
     async def stop(self) -> None:
-        """Forget the sink."""
-        self._sink = None
+        """Forget the relay."""
+        self._relay = None

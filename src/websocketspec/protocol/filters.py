@@ -213,7 +213,10 @@ def _condition(
 def like_pattern(op: Op, value: str) -> str:
     r"""The LIKE pattern (``\`` escapes) for a text operator's value."""
     if op in (Op.LIKE, Op.ILIKE):
-        return value
+        # A trailing lone escape matches a backslash (see like_regex); SQL databases
+        # refuse such a pattern, so spell the backslash out.
+        trailing = len(value) - len(value.rstrip("\\"))
+        return value + "\\" if trailing % 2 else value
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     if op is Op.CONTAINS:
         return f"%{escaped}%"

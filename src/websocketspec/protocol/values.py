@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["ColumnType", "coerce", "coerce_key", "normalize"]
+__all__ = ["ColumnType", "coerce", "coerce_key", "coerce_row", "normalize"]
 
 
 class ColumnType(StrEnum):
@@ -82,6 +82,8 @@ def coerce(value: Any, ctype: ColumnType) -> Any:
         return None
     try:
         result = _COERCERS[ctype](value)
+    except _UnfitError as exc:
+        raise ValueError(str(exc)) from None
     except (ValueError, TypeError, InvalidOperation, binascii.Error, OverflowError):
         result = _FAIL
     if result is _FAIL:
@@ -98,7 +100,9 @@ def coerce_key(value: Any, ctype: ColumnType) -> Any:
     if ctype is ColumnType.INTEGER and isinstance(value, str):
         text = value.strip()
         if text.lstrip("-").isdigit() and text.isascii():
-            return int(text)
+            # Through coerce, so that an id of more than 64 bits is refused as a
+            # number would be, before a driver overflows on it.
+            return coerce(int(text), ctype)
         raise ValueError(f"expected an integer id, got {value!r}")
     if ctype in (ColumnType.FLOAT, ColumnType.DECIMAL) and isinstance(value, str):
         try:
@@ -131,9 +135,18 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class _UnfitError(Exception):
+    """A value of the right kind that still does not fit; its message says why."""
+
+
 def _integer(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int):
         return _FAIL
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise _UnfitError(f"{value} is out of range: integers have 64 bits at most")
     return value
 
 
@@ -195,7 +208,9 @@ def _time(value: Any) -> Any:
     if not isinstance(value, str):
         return _FAIL
     parsed = time.fromisoformat(value)
-    return parsed.replace(tzinfo=None) if parsed.tzinfo is not None else parsed
+    if parsed.tzinfo is not None:
+        raise _UnfitError(f"expected a time without a UTC offset, got {value!r}")
+    return parsed
 
 
 def _uuid(value: Any) -> Any:
@@ -248,3 +263,29 @@ def normalize(value: Any) -> Any:
     if isinstance(value, memoryview):
         return value.tobytes()
     return value
+
+
+def coerce_row(raw: dict[str, Any], types: dict[str, ColumnType]) -> dict[str, Any]:
+    r"""Turn a row read back from JSON into the Python values the adapters produce.
+
+    The JSON comes from a change log, a broker message or a capture trigger's
+    ``to_jsonb``. Columns without a known type, and values that do not fit, are kept as they are.
+    PostgreSQL's hex form of ``bytea`` (``"\x…"``) is understood too.
+    """
+    row: dict[str, Any] = {}
+    for name, value in raw.items():
+        ctype = types.get(name)
+        if ctype is None or value is None:
+            row[name] = value
+        elif (
+            ctype is ColumnType.BYTES
+            and isinstance(value, str)
+            and value.startswith("\\x")
+        ):
+            row[name] = bytes.fromhex(value[2:])
+        else:
+            try:
+                row[name] = coerce(value, ctype)
+            except ValueError:
+                row[name] = value
+    return row

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 from websocketspec.adapters.base import Adapter, Change
 from websocketspec.broker.base import Broker
 from websocketspec.broker.memory import MemoryBroker
+from websocketspec.broker.relay import Relay
 from websocketspec.exceptions import (
     InvalidMessageError,
     LimitError,
@@ -32,6 +33,7 @@ from websocketspec.exceptions import (
 )
 from websocketspec.hooks import Handshake, HookContext, HookRegistry, HookType
 from websocketspec.protocol.codec import Decoded, decode, encode, error_response
+from websocketspec.protocol.values import coerce_row
 from websocketspec.registry import ModelRegistry
 from websocketspec.server.config import Config
 from websocketspec.server.connection import Connection, State
@@ -123,6 +125,7 @@ class Handler:
         self.broker = broker or MemoryBroker()
         self.subscriptions = SubscriptionTable()
         self.fanout = Fanout(self.subscriptions, self.hooks)
+        self.relay = Relay(self.fanout.deliver, self.fanout.reset)
         self.dispatcher = Dispatcher(
             registry=self.registry,
             hooks=self.hooks,
@@ -148,7 +151,14 @@ class Handler:
                 return
             await self.adapter.start()
             await self.fanout.start()
-            await self.broker.start(self.fanout.deliver)
+            if self.broker.shared:
+                self.relay.log = await self.adapter.enable_log(
+                    list(self.registry), notify=self.broker.notify_channel
+                )
+            await self.relay.start()
+            if hasattr(self.broker, "decode_row"):
+                self.broker.decode_row = self._decode_row
+            await self.broker.start(self.relay)
             self._started = True
 
     async def stop(self) -> None:
@@ -159,6 +169,7 @@ class Handler:
         for conn in list(self.connections.values()):
             conn.close(1001, "server shutting down")
         await self.broker.stop()
+        await self.relay.stop()
         await self.fanout.stop()
         await self.adapter.stop()
 
@@ -170,6 +181,10 @@ class Handler:
             yield self
         finally:
             await self.stop()
+
+    def _decode_row(self, entity: str, raw: dict[str, Any]) -> dict[str, Any]:
+        info = self.registry.entities.get(entity)
+        return raw if info is None else coerce_row(raw, info.column_types)
 
     async def _publish(self, change: Change) -> None:
         await self.broker.publish(change)
@@ -269,12 +284,7 @@ class Handler:
                 code="origin_not_allowed",
             )
         if config.max_connections_per_client is not None and handshake.client:
-            address = handshake.client[0]
-            held = sum(
-                1
-                for c in self.connections.values()
-                if c.handshake.client and c.handshake.client[0] == address
-            )
+            held = self._held(handshake.client[0])
             if held >= config.max_connections_per_client:
                 raise LimitError(
                     f"this address holds {held} connections, the most allowed",
@@ -296,6 +306,14 @@ class Handler:
             raise
         return conn, ctx
 
+    def _held(self, address: str) -> int:
+        """Connections registered from one client address."""
+        return sum(
+            1
+            for c in self.connections.values()
+            if c.handshake.client and c.handshake.client[0] == address
+        )
+
     async def serve_connection(
         self, conn: Connection, ctx: HookContext, next_frame: FrameSource
     ) -> None:
@@ -309,6 +327,13 @@ class Handler:
         """
         self.connections[conn.id] = conn
         try:
+            limit = self.config.max_connections_per_client
+            client = conn.handshake.client
+            if limit is not None and client and self._held(client[0]) > limit:
+                # Handshakes admitted concurrently (connect hooks may await) can pass
+                # admit()'s check together; those registered past the limit close.
+                conn.close(1013, "too many connections from this address")
+                return
             try:
                 await self.hooks.run_after(HookType.CONNECT, ctx)
             except ProtocolError as exc:
@@ -392,7 +417,9 @@ class Handler:
         if isinstance(frame, bytes):
             conn.send(error_response(None, error_info(_binary_error(), None)))
             return []
-        if len(frame) > config.max_message_size:
+        # The limit is in bytes, as frames are: UTF-8 takes up to 4 per character.
+        size = len(frame) if frame.isascii() else len(frame.encode())
+        if size > config.max_message_size:
             error = LimitError(
                 f"the message is larger than {config.max_message_size} bytes",
                 code="message_too_large",

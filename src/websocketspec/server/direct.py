@@ -104,6 +104,7 @@ class DirectServer:
         ping_timeout: seconds to wait for a pong before closing (1011).
         max_size: the largest frame the WebSocket layer accepts; larger ones close the
             connection with 1009.
+        reuse_port: listen with ``SO_REUSEPORT`` so that several processes share the port.
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class DirectServer:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         max_size: int = 16 * 1024 * 1024,
+        reuse_port: bool = False,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -124,6 +126,7 @@ class DirectServer:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_size = max_size
+        self.reuse_port = reuse_port
         self._server: Server | None = None
         self._admitted: dict[int, tuple[Connection, Any]] = {}
 
@@ -150,6 +153,7 @@ class DirectServer:
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
             close_timeout=5,
+            reuse_port=self.reuse_port or None,
         )
 
     async def stop(self, timeout: float | None = None) -> None:

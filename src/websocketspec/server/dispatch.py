@@ -141,25 +141,46 @@ class Dispatcher:
         operation = msg.operation if isinstance(msg.operation, str) else None
         try:
             answer = await self._route(conn, msg)
+            # Encoding is inside the try: a result that cannot be encoded (a hook put
+            # a non-JSON value in it) must still get an answer.
+            if answer is not None:
+                self._reply(conn, answer)
         except Exception as exc:  # noqa: BLE001 - the one place errors become responses
             conn.send(error_response(msg.id, error_info(exc, operation)))
-            return
-        if answer is not None:
-            self._reply(conn, answer)
 
     def _reply(self, conn: Connection, answer: dict[str, Any]) -> None:
         """Send an answer, or ``response_too_large`` when it exceeds the limit."""
         text = encode(answer)
         limit = self.config.max_response_size
-        if len(text) > limit:
+        # In bytes, as clients' frame limits are: UTF-8 takes up to 4 per character.
+        size = len(text) if text.isascii() else len(text.encode())
+        if size > limit:
             error = LimitError(
-                f"the response would be {len(text)} bytes, more than {limit}; "
+                f"the response would be {size} bytes, more than {limit}; "
                 "ask for fewer rows (limit) or columns",
                 code="response_too_large",
                 details={"max_response_size": limit},
             )
             text = encode(error_response(answer.get("id"), error_info(error, None)))
         conn.send_text(text)
+
+    def _reply_committed(
+        self, conn: Connection, msg: Message, result: Any, operation: str
+    ) -> None:
+        """Answer a committed write; its change is published whatever happens here."""
+        try:
+            self._reply(conn, response(msg.id, result))
+        except Exception as exc:
+            log.error(
+                "the result of a committed %s could not be encoded",
+                operation,
+                exc_info=exc,
+            )
+            error = ErrorInfo(
+                f"{operation}_error",
+                f"the {operation} was applied, but its result could not be sent",
+            )
+            conn.send(error_response(msg.id, error))
 
     @asynccontextmanager
     async def _deadline(self, operation: str) -> AsyncIterator[None]:
@@ -346,7 +367,7 @@ class Dispatcher:
             async with self._lock(entity.key):
                 async with self._deadline("create"):
                     result, change = await self.adapter.create(entity, data, check)
-                self._reply(conn, response(msg.id, result))
+                self._reply_committed(conn, msg, result, "create")
                 await self._publish(change)
             return
         key = parse_record_id(entity, ctx.record_id)
@@ -364,7 +385,7 @@ class Dispatcher:
             if outcome is None:
                 raise NotFoundError(f"no {entity.name} row has id {ctx.record_id!r}")
             result, change = outcome
-            self._reply(conn, response(msg.id, result))
+            self._reply_committed(conn, msg, result, op.value)
             await self._publish(change)
 
     # -- subscriptions ------------------------------------------------------------

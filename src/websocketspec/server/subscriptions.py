@@ -141,6 +141,16 @@ class SubscriptionTable:
                 if subs:
                     yield from subs.values()
 
+    def of_entity(self, key: str) -> Iterator[Subscription]:
+        """Every subscription of one entity."""
+        bucket = self._entities.get(key)
+        if bucket is None:
+            return
+        yield from bucket.residual.values()
+        for by_value in bucket.indexed.values():
+            for subs in by_value.values():
+                yield from subs.values()
+
     def counts(self) -> dict[str, int]:
         """Live subscriptions per entity."""
         return {key: bucket.count for key, bucket in self._entities.items()}
@@ -176,6 +186,12 @@ def classify(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Reset:
+    entity: str
+    reason: str
+
+
 class Fanout:
     """Delivers committed changes to matching subscriptions, in order.
 
@@ -187,7 +203,7 @@ class Fanout:
     def __init__(self, table: SubscriptionTable, hooks: HookRegistry) -> None:
         self.table = table
         self.hooks = hooks
-        self._pending: deque[Change] = deque()
+        self._pending: deque[Change | _Reset] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.delivered = 0
@@ -215,6 +231,30 @@ class Fanout:
         self._pending.append(change)
         self._wake.set()
 
+    def reset(self, entity: str, reason: str) -> None:
+        """Tell every subscriber of ``entity`` to read again (``operation: "reset"``)."""
+        item = _Reset(entity, reason)
+        if not self._pending:
+            self._send_reset(item)
+            return
+        self._pending.append(item)
+        self._wake.set()
+
+    def _send_reset(self, item: _Reset) -> None:
+        for sub in list(self.table.of_entity(item.entity)):
+            sub.connection.send(
+                {
+                    "type": "notification",
+                    "operation": "reset",
+                    "subscription_id": sub.id,
+                    "schema": sub.entity.schema,
+                    "entity": sub.entity.name,
+                    "data": None,
+                    "metadata": {"reason": item.reason},
+                    "timestamp": now(),
+                }
+            )
+
     def _deliver_sync(self, change: Change) -> None:
         for sub, operation, row, meta in self._matches(change):
             self._send(sub, operation, row, meta)
@@ -227,6 +267,9 @@ class Fanout:
             if outcome is None:
                 continue
             operation, row, meta = outcome
+            if change.seq:
+                meta["seq"] = change.seq
+                meta["epoch"] = change.epoch
             yield (
                 sub,
                 operation,
@@ -258,11 +301,14 @@ class Fanout:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                change = self._pending[0]
+                item = self._pending[0]
                 try:
-                    await self._deliver_hooked(change)
+                    if isinstance(item, _Reset):
+                        self._send_reset(item)
+                    else:
+                        await self._deliver_hooked(item)
                 except Exception:
-                    log.exception("fan-out of a change to %s failed", change.entity)
+                    log.exception("fan-out of a change to %s failed", item.entity)
                 self._pending.popleft()
 
     async def _deliver_hooked(self, change: Change) -> None:

@@ -1,0 +1,227 @@
+"""The SQLAlchemy change log: a transactional outbox with per-entity sequence numbers.
+
+Two tables, created when missing:
+
+- ``websocketspec_streams (entity, seq, epoch)``: one row per entity. A write takes its
+  sequence number with ``UPDATE … SET seq = seq + 1 … RETURNING``; the row lock it holds
+  until commit makes sequence order equal commit order, across processes, with no gaps
+  (a rolled-back write gives its number back).
+- ``websocketspec_outbox (entity, seq, operation, old, new, created_at)``: the change
+  itself, as JSON, written in the same transaction as the row it describes.
+
+On PostgreSQL the write also calls ``pg_notify(channel, entity)``, which PostgreSQL
+delivers only when, and once, the transaction commits. Writes made outside the API are
+recorded the same way by the capture triggers (:mod:`websocketspec.capture`), which skip
+transactions that the API marks with ``websocketspec.api = on``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import msgspec
+
+from websocketspec.adapters.base import Change
+from websocketspec.exceptions import MissingDependencyError
+from websocketspec.protocol.values import coerce_row
+from websocketspec.registry import EntityInfo
+from websocketspec.types import Record
+
+try:
+    import sqlalchemy as sa
+    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("sqlalchemy", "sqlalchemy") from exc
+
+__all__ = ["OUTBOX", "STREAMS", "SQLAlchemyChangeLog", "log_metadata"]
+
+log = logging.getLogger(__name__)
+
+log_metadata = sa.MetaData()
+
+STREAMS = sa.Table(
+    "websocketspec_streams",
+    log_metadata,
+    sa.Column("entity", sa.String(255), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("epoch", sa.String(32), nullable=False),
+)
+
+OUTBOX = sa.Table(
+    "websocketspec_outbox",
+    log_metadata,
+    sa.Column("entity", sa.String(255), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("operation", sa.String(16), nullable=False),
+    sa.Column("old", sa.Text),
+    sa.Column("new", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+def _dump(row: Record | None) -> str | None:
+    return None if row is None else _encoder.encode(row).decode()
+
+
+def new_epoch() -> str:
+    """A fresh epoch name."""
+    return uuid.uuid4().hex
+
+
+class SQLAlchemyChangeLog:
+    """The outbox of one database, read and written through an async engine.
+
+    Args:
+        engine: the adapter's engine.
+        resolve: finds an entity's description by its canonical name (to decode rows).
+        notify: the PostgreSQL channel each commit is signalled on, or ``None``.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        resolve: Callable[[str], EntityInfo | None],
+        *,
+        notify: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._resolve = resolve
+        self.notify = notify if self.dialect == "postgresql" else None
+
+    async def install(self, entities: Sequence[EntityInfo]) -> None:
+        """Create the tables when missing and a stream row for every entity."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(log_metadata.create_all, checkfirst=True)
+        for entity in entities:
+            await self._ensure_stream(entity.key)
+
+    async def _ensure_stream(self, key: str) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                found = await conn.execute(
+                    sa.select(STREAMS.c.seq).where(STREAMS.c.entity == key)
+                )
+                if found.first() is None:
+                    await conn.execute(
+                        sa.insert(STREAMS).values(entity=key, seq=0, epoch=new_epoch())
+                    )
+        except IntegrityError:
+            pass  # another process created it first
+
+    async def append(self, conn: AsyncConnection, change: Change) -> Change:
+        """Record a change inside the write's transaction; returns it with its position."""
+        if self.dialect == "postgresql":
+            # Capture triggers (deferred to commit) skip what the API records itself.
+            await conn.execute(
+                sa.select(sa.func.set_config("websocketspec.api", "on", True))
+            )
+        stmt = (
+            sa.update(STREAMS)
+            .where(STREAMS.c.entity == change.entity)
+            .values(seq=STREAMS.c.seq + 1)
+            .returning(STREAMS.c.seq, STREAMS.c.epoch)
+        )
+        row = (await conn.execute(stmt)).first()
+        if row is None:
+            epoch = new_epoch()
+            await conn.execute(
+                sa.insert(STREAMS).values(entity=change.entity, seq=1, epoch=epoch)
+            )
+            seq = 1
+        else:
+            seq, epoch = int(row[0]), str(row[1])
+        await conn.execute(
+            sa.insert(OUTBOX).values(
+                entity=change.entity,
+                seq=seq,
+                operation=change.operation,
+                old=_dump(change.old),
+                new=_dump(change.new),
+            )
+        )
+        if self.notify is not None:
+            payload = f"{change.entity}:{seq}"
+            await conn.execute(sa.select(sa.func.pg_notify(self.notify, payload)))
+        return replace(change, seq=seq, epoch=epoch)
+
+    async def positions(self) -> dict[str, tuple[int, str]]:
+        """The latest ``(seq, epoch)`` of every stream."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(STREAMS.c.entity, STREAMS.c.seq, STREAMS.c.epoch)
+                )
+            ).all()
+        return {str(e): (int(s), str(ep)) for e, s, ep in rows}
+
+    async def changes_since(
+        self, entity: str, after: int, limit: int = 1000
+    ) -> tuple[int, list[Change]]:
+        """The changes of ``entity`` after ``after``, and the lowest seq still held."""
+        async with self.engine.connect() as conn:
+            stream = (
+                await conn.execute(
+                    sa.select(STREAMS.c.epoch).where(STREAMS.c.entity == entity)
+                )
+            ).first()
+            low = (
+                await conn.execute(
+                    sa.select(sa.func.min(OUTBOX.c.seq)).where(
+                        OUTBOX.c.entity == entity
+                    )
+                )
+            ).scalar()
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        OUTBOX.c.seq, OUTBOX.c.operation, OUTBOX.c.old, OUTBOX.c.new
+                    )
+                    .where(OUTBOX.c.entity == entity, OUTBOX.c.seq > after)
+                    .order_by(OUTBOX.c.seq)
+                    .limit(limit)
+                )
+            ).all()
+        epoch = str(stream[0]) if stream is not None else ""
+        info = self._resolve(entity)
+        changes = [
+            Change(
+                str(op),
+                entity,
+                self._load(info, old),
+                self._load(info, new),
+                int(seq),
+                epoch,
+            )
+            for seq, op, old, new in rows
+        ]
+        return (int(low) if low is not None else 0), changes
+
+    async def prune(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` changes of each entity; returns how many."""
+        removed = 0
+        async with self.engine.begin() as conn:
+            for entity, seq in (
+                await conn.execute(sa.select(STREAMS.c.entity, STREAMS.c.seq))
+            ).all():
+                result = await conn.execute(
+                    sa.delete(OUTBOX).where(
+                        OUTBOX.c.entity == entity, OUTBOX.c.seq <= int(seq) - keep
+                    )
+                )
+                removed += result.rowcount or 0
+        return removed
+
+    @staticmethod
+    def _load(info: EntityInfo | None, text: str | None) -> Record | None:
+        if text is None:
+            return None
+        raw: dict[str, Any] = msgspec.json.decode(text)
+        return raw if info is None else coerce_row(raw, info.column_types)
