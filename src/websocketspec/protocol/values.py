@@ -273,7 +273,11 @@ def coerce_row(raw: dict[str, Any], types: dict[str, ColumnType]) -> dict[str, A
     PostgreSQL's hex form of ``bytea`` (``"\x…"``) is understood too.
     """
     row: dict[str, Any] = {}
-    for name, value in raw.items():
+    # In the model's column order (to_jsonb sorts keys), then any others.
+    ordered = [name for name in types if name in raw]
+    ordered += [name for name in raw if name not in types]
+    for name in ordered:
+        value = raw[name]
         ctype = types.get(name)
         if ctype is None or value is None:
             row[name] = value

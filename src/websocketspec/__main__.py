@@ -1,0 +1,5 @@
+"""``python -m websocketspec``: the command line."""
+
+from websocketspec.cli import main
+
+main()
