@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from http.cookies import SimpleCookie
@@ -280,7 +281,7 @@ class Handler:
             log.info("refused a cross-origin handshake from %s", handshake.origin)
             raise ProtocolError(
                 f"cross-origin WebSocket connections from {handshake.origin} are "
-                "refused; allow the origin with Config(allowed_origins=[...])",
+                "refused; allow the origin with Config(allowed_origins=(...))",
                 code="origin_not_allowed",
             )
         if config.max_connections_per_client is not None and handshake.client:
@@ -390,11 +391,14 @@ class Handler:
         try:
             while True:
                 receiving = asyncio.ensure_future(next_frame())
-                done, _ = await asyncio.wait(
-                    {receiving, closing},
-                    timeout=config.idle_timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                while True:
+                    done, _ = await asyncio.wait(
+                        {receiving, closing},
+                        timeout=config.idle_timeout,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if done or self._idle(conn):
+                        break
                 if receiving not in done:
                     receiving.cancel()
                     if not done:
@@ -405,11 +409,22 @@ class Handler:
                     conn.state = State.CLOSED
                     return
                 conn.received += 1
+                conn.last_activity = time.monotonic()
                 for item in self._items(conn, frame):
                     await slots.acquire()
                     self._spawn(conn, item, slots)
         finally:
             closing.cancel()
+
+    def _idle(self, conn: Connection) -> bool:
+        """Whether a connection has had no traffic either way for ``idle_timeout``.
+
+        Requests in flight and messages sent (notifications included) count as traffic.
+        """
+        if conn.tasks:
+            return False
+        timeout = self.config.idle_timeout or 0.0
+        return time.monotonic() - conn.last_activity >= timeout
 
     def _items(self, conn: Connection, frame: str | bytes) -> list[Decoded]:
         """Decode a frame, answering at once what must not run."""

@@ -17,6 +17,7 @@ the bound applies to the transport's write buffer.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import deque
 from enum import Enum
@@ -74,6 +75,8 @@ class Connection:
         self.close_reason = ""
         self.sent = 0
         self.received = 0
+        self.last_activity = time.monotonic()
+        """When a frame last went either way (for the idle timeout)."""
         self._outbox: deque[str] = deque()
         self._queued_bytes = 0
         self._max_queue = max_queue
@@ -98,6 +101,7 @@ class Connection:
         """Queue an encoded frame for the client; never blocks."""
         if self.state is not State.OPEN:
             return
+        self.last_activity = time.monotonic()
         if self.sink is not None:
             try:
                 buffered = self.sink.write(text)

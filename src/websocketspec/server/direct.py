@@ -16,7 +16,6 @@ import logging
 import signal
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any
 from urllib.parse import urlsplit
 
 from websocketspec.exceptions import (
@@ -31,7 +30,6 @@ from websocketspec.server.app import (
     parse_query,
     refusal_status,
 )
-from websocketspec.server.connection import Connection
 
 try:
     from websockets.asyncio.server import Server, ServerConnection, serve
@@ -128,7 +126,6 @@ class DirectServer:
         self.max_size = max_size
         self.reuse_port = reuse_port
         self._server: Server | None = None
-        self._admitted: dict[int, tuple[Connection, Any]] = {}
 
     @property
     def port(self) -> int:
@@ -216,13 +213,14 @@ class DirectServer:
             response = ws.respond(status, body)
             response.headers["Content-Type"] = "application/json"
             return response
-        self._admitted[id(ws)] = admitted
+        # Kept on the connection object itself: nothing outlives a failed handshake.
+        ws.websocketspec_admitted = admitted  # type: ignore[attr-defined]
         return None
 
     def _select_subprotocol(
         self, ws: ServerConnection, offered: Sequence[Subprotocol]
     ) -> Subprotocol | None:
-        admitted = self._admitted.get(id(ws))
+        admitted = getattr(ws, "websocketspec_admitted", None)
         wanted = admitted[1].subprotocol if admitted is not None else None
         if wanted is None or wanted not in offered:
             return None
@@ -231,7 +229,7 @@ class DirectServer:
     # -- connection -----------------------------------------------------------------
 
     async def _serve(self, ws: ServerConnection) -> None:
-        admitted = self._admitted.pop(id(ws), None)
+        admitted = getattr(ws, "websocketspec_admitted", None)
         if admitted is None:  # pragma: no cover - process_request always admits first
             return
         conn, ctx = admitted
