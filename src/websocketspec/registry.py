@@ -41,8 +41,9 @@ class ColumnInfo:
     """True when the database or the model fills the column if it is left out."""
     max_length: int | None = None
     """The longest text the column holds, as declared (``String(200)``)."""
-    bounds: tuple[int, int] | None = None
-    """The smallest and largest integer the column holds, as declared."""
+    bounds: tuple[Any, Any] | None = None
+    """The smallest and largest number the column holds, as declared: integers, or
+    decimals for a fixed-point column (``Numeric(12, 2)``)."""
 
 
 @dataclass(frozen=True, slots=True)

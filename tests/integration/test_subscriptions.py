@@ -88,10 +88,13 @@ async def test_subscribe_answers_subscription_id_schema_and_entity(
     assert answer["type"] == "response"
     assert answer["success"] is True
     data = answer["data"]
-    assert set(data) == {"subscription_id", "schema", "entity"}
+    assert set(data) == {"subscription_id", "schema", "entity", "position"}
     assert isinstance(data["subscription_id"], str) and data["subscription_id"]
     assert data["schema"] == "public"
     assert data["entity"] == "users"
+    # Where the stream stood: a client resumes from here if it hears nothing first.
+    assert data["position"]["seq"] == 0
+    assert isinstance(data["position"]["epoch"], str) and data["position"]["epoch"]
     assert_utc_timestamp(answer["timestamp"])
 
     # Without a schema the default one is used; each subscription has its own id.

@@ -114,6 +114,18 @@ class Adapter(ABC):
     ) -> tuple[list[Record], int]:
         """Return one page of rows and the total count of rows matching ``query.where``."""
 
+    async def snapshot(
+        self, entity: EntityInfo, query: ReadQuery
+    ) -> tuple[list[Record], int, tuple[int, str] | None]:
+        """Read a page together with the entity's change-log position, atomically.
+
+        Returns:
+            The rows, the total, and the ``(seq, epoch)`` the rows reflect, or ``None``
+            when the adapter keeps no log (the caller then holds writes back instead).
+        """
+        rows, total = await self.read_many(entity, query)
+        return rows, total, None
+
     @abstractmethod
     async def read_one(
         self, entity: EntityInfo, key: tuple[Any, ...], query: ReadQuery

@@ -152,6 +152,17 @@ class SQLAlchemyChangeLog:
             await conn.execute(sa.select(sa.func.pg_notify(self.notify, payload)))
         return replace(change, seq=seq, epoch=epoch)
 
+    async def position(self, conn: AsyncConnection, entity: str) -> tuple[int, str]:
+        """The stream position of ``entity`` as ``conn``'s transaction sees it."""
+        row = (
+            await conn.execute(
+                sa.select(STREAMS.c.seq, STREAMS.c.epoch).where(
+                    STREAMS.c.entity == entity
+                )
+            )
+        ).first()
+        return (0, "") if row is None else (int(row[0]), str(row[1]))
+
     async def positions(self) -> dict[str, tuple[int, str]]:
         """The latest ``(seq, epoch)`` of every stream."""
         async with self.engine.connect() as conn:

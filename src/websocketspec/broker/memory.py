@@ -36,8 +36,10 @@ class MemoryBroker(Broker):
         self.history: dict[str, deque[Change]] = {}
 
     async def start(self, relay: Relay) -> None:
-        """Remember the relay."""
+        """Remember the relay; the relay reads history from this broker."""
         self._relay = relay
+        relay.log = self
+        relay.default_epoch = self.epoch
 
     async def publish(self, change: Change) -> None:
         """Number the change and hand it to the relay."""
@@ -51,6 +53,19 @@ class MemoryBroker(Broker):
             kept = self.history[change.entity] = deque(maxlen=self.history_size)
         kept.append(change)
         self._relay.offer(change)
+
+    async def positions(self) -> dict[str, tuple[int, str]]:
+        """The latest ``(seq, epoch)`` of every entity that changed."""
+        return {entity: (seq, self.epoch) for entity, seq in self._seq.items()}
+
+    async def changes_since(
+        self, entity: str, after: int, limit: int = 1000
+    ) -> tuple[int, list[Change]]:
+        """The kept changes of ``entity`` after ``after``, and the lowest kept seq."""
+        kept = self.history.get(entity)
+        if not kept:
+            return 0, []
+        return kept[0].seq, [c for c in kept if c.seq > after][:limit]
 
     async def stop(self) -> None:
         """Forget the relay."""

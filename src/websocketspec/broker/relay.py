@@ -56,6 +56,8 @@ class Relay:
         self.reset = reset
         self.log = log
         self.batch = batch
+        self.default_epoch = ""
+        """The epoch of a stream that has no change yet."""
         self.positions: dict[str, int] = {}
         self.epochs: dict[str, str] = {}
         self._early: dict[str, dict[int, Change]] = {}
@@ -83,6 +85,9 @@ class Relay:
             self.sink(change)
             return
         last = self.positions.get(entity)
+        if last is None and self.log is not None:
+            # A stream that began after start(): its history is in the log from 1.
+            last = self.positions[entity] = 0
         epoch = self.epochs.get(entity)
         if last is None or (epoch and change.epoch and change.epoch != epoch):
             if last is not None:
@@ -129,8 +134,15 @@ class Relay:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def catch_up(self, entity: str) -> None:
-        """Deliver what the log holds beyond this entity's position, in order."""
+    async def catch_up(self, entity: str, until: int = 0) -> None:
+        """Deliver what the log holds beyond this entity's position, in order.
+
+        Args:
+            entity: the stream.
+            until: a position the log showed the stream at: when the log holds
+                nothing beyond this entity's position although it reached that far,
+                the history was pruned and subscribers are told to read again.
+        """
         if self.log is None:
             return
         lock = self._locks.setdefault(entity, asyncio.Lock())
@@ -141,10 +153,15 @@ class Relay:
                     low, changes = await self.log.changes_since(
                         entity, last, self.batch
                     )
+                    # The broker may have delivered more while the log was read.
+                    last = self.positions.get(entity, 0)
                     if not changes:
                         if self._early.get(entity):
                             self._lost(entity, min(self._early[entity]) - 1)
+                            self._drain(entity)
                             continue
+                        if until > last:
+                            self._lost(entity, until)
                         return
                     if changes[0].seq > last + 1 or (low and low > last + 1):
                         self._lost(entity, changes[0].seq - 1)
@@ -178,7 +195,12 @@ class Relay:
         """Catch up every stream that the log shows ahead of what was delivered."""
         if self.log is None:
             return
-        for entity, (seq, epoch) in (await self.log.positions()).items():
+        try:
+            streams = await self.log.positions()
+        except Exception:
+            log.warning("reading the change log failed; will retry", exc_info=True)
+            return
+        for entity, (seq, epoch) in streams.items():
             known = self.epochs.get(entity)
             if known and epoch != known:
                 self.reset(entity, "the change stream's history was replaced")
@@ -186,4 +208,4 @@ class Relay:
                 self.epochs[entity] = epoch
                 continue
             if seq > self.positions.get(entity, 0):
-                await self.catch_up(entity)
+                await self.catch_up(entity, until=seq)

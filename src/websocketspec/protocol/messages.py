@@ -18,6 +18,7 @@ __all__ = [
     "Message",
     "MessageType",
     "Operation",
+    "Position",
     "PreloadOption",
     "QueryOptions",
     "SortOption",
@@ -91,6 +92,13 @@ class PreloadOption(msgspec.Struct, omit_defaults=True):
     limit: int | None = None
 
 
+class Position(msgspec.Struct, omit_defaults=True):
+    """A position in an entity's change stream (``metadata.seq`` and ``.epoch``)."""
+
+    seq: int
+    epoch: str = ""
+
+
 class QueryOptions(msgspec.Struct, omit_defaults=True):
     """Filters, columns, sort, paging and preloads of a read or a subscription.
 
@@ -103,6 +111,11 @@ class QueryOptions(msgspec.Struct, omit_defaults=True):
     limit: int | None = None
     offset: int | None = None
     preload: list[PreloadOption] = msgspec.field(default_factory=list)
+    snapshot: bool = False
+    """Subscribe: answer with the current matching rows (``data.rows``) and their
+    position, with no change between them and the first notification."""
+    resume_from: Position | None = None
+    """Subscribe: replay the changes after this position before the live ones."""
 
 
 class Message(msgspec.Struct, omit_defaults=True):

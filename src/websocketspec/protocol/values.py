@@ -169,7 +169,14 @@ def _decimal(value: Any) -> Any:
         result = Decimal(repr(value))
     else:
         return _FAIL
-    return result if result.is_finite() else _FAIL
+    if not result.is_finite():
+        return _FAIL
+    exponent = result.as_tuple().exponent
+    if result.adjusted() >= 131072 or (isinstance(exponent, int) and exponent < -16383):
+        # PostgreSQL's NUMERIC range (digits before and after the point), the widest of
+        # any database: past it the driver cannot even send the value.
+        raise _UnfitError("the number is out of range for a decimal")
+    return result
 
 
 def _string(value: Any) -> Any:

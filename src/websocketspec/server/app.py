@@ -134,7 +134,9 @@ class Handler:
             table=self.subscriptions,
             publish=self._publish,
             config=self.config,
+            fanout=self.fanout,
         )
+        self.dispatcher.relay = self.relay
         self.connections: dict[str, Connection] = {}
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -399,7 +401,10 @@ class Handler:
                     )
                     if done or self._idle(conn):
                         break
-                if receiving not in done:
+                # Once closing, a frame that arrived meanwhile is not run: its answer
+                # could no longer be sent, so a write would commit unacknowledged.
+                # (The state, not `closing`: that task may not have run yet.)
+                if receiving not in done or conn.state is not State.OPEN:
                     receiving.cancel()
                     if not done:
                         conn.close(1000, "idle timeout")

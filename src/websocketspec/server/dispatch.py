@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import msgspec
 
 from websocketspec.adapters.base import Adapter, Change
+from websocketspec.broker.relay import Relay
 from websocketspec.exceptions import (
     HookError,
     InvalidMessageError,
@@ -64,7 +65,7 @@ from websocketspec.query import (
 from websocketspec.registry import EntityInfo, ModelRegistry
 from websocketspec.server.config import Config
 from websocketspec.server.connection import Connection
-from websocketspec.server.subscriptions import Subscription, SubscriptionTable
+from websocketspec.server.subscriptions import Fanout, Subscription, SubscriptionTable
 
 __all__ = ["Authenticator", "Dispatcher", "error_info"]
 
@@ -119,6 +120,7 @@ class Dispatcher:
         table: SubscriptionTable,
         publish: Callable[[Change], Any],
         config: Config,
+        fanout: Fanout,
     ) -> None:
         self.registry = registry
         self.hooks = hooks
@@ -128,6 +130,9 @@ class Dispatcher:
         self.config = config
         self.limits = config.limits
         self._locks: dict[str, asyncio.Lock] = {}
+        self.relay: Relay | None = None
+        """Stream positions and history (set by the handler)."""
+        self.fanout: Fanout = fanout
         self.authenticator: Authenticator | None = None
         """Verifies the credentials of ``auth`` messages (see websocketspec.auth)."""
 
@@ -401,10 +406,20 @@ class Dispatcher:
         # A subscription is a standing read: before-read hooks (row security) apply.
         await self.hooks.run_before(HookType.READ, ctx)
         await self.hooks.run_before(HookType.SUBSCRIBE, ctx)
-        where = build_where(
-            entity, ctx.options.filters, ctx.security_filters, self.limits
+        options = ctx.options
+        if options.snapshot and options.resume_from is not None:
+            raise InvalidMessageError(
+                "snapshot and resume_from exclude each other: resume, or start afresh"
+            )
+        where = build_where(entity, options.filters, ctx.security_filters, self.limits)
+        columns = validate_columns(entity, options.columns)
+        query = (
+            build_read_query(
+                self.registry, entity, options, ctx.security_filters, self.limits
+            )
+            if options.snapshot
+            else None
         )
-        columns = validate_columns(entity, ctx.options.columns)
         if len(conn.subscriptions) >= self.config.max_subscriptions:
             raise LimitError(
                 f"a connection may hold at most {self.config.max_subscriptions} subscriptions",
@@ -424,11 +439,88 @@ class Dispatcher:
             "schema": entity.schema,
             "entity": entity.name,
         }
-        await self.hooks.run_after(HookType.SUBSCRIBE, ctx)
-        await self.hooks.run_after(HookType.HANDLE, ctx)
-        self._reply(conn, response(msg.id, ctx.result))
-        conn.subscriptions[sub.id] = sub
-        self.table.add(sub)
+        relay = self.relay
+        key = entity.key
+        # Local writes to the entity hold this lock from their write to their publish, so
+        # under it the relay's position is exactly what the snapshot read sees (without
+        # a change log), and no change can slip between the answer and the subscription.
+        async with self._lock(key):
+            delivered = relay.positions.get(key, 0) if relay is not None else 0
+            epoch = relay.epochs.get(key, "") if relay is not None else ""
+            epoch = epoch or (relay.default_epoch if relay is not None else "")
+            resume = options.resume_from
+            if query is not None:
+                async with self._deadline("read"):
+                    rows, total, position = await self.adapter.snapshot(entity, query)
+                seq, epoch = position if position is not None else (delivered, epoch)
+                keep = tuple(p.relation.name for p in query.preload)
+                ctx.result["rows"] = [project(row, query.columns, keep) for row in rows]
+                ctx.result["position"] = {"seq": seq, "epoch": epoch}
+                ctx.result["total"] = total
+                sub.since = seq
+            elif resume is not None:
+                sub.since = resume.seq
+            else:
+                sub.since = delivered
+                ctx.result["position"] = {"seq": delivered, "epoch": epoch}
+            await self.hooks.run_after(HookType.SUBSCRIBE, ctx)
+            await self.hooks.run_after(HookType.HANDLE, ctx)
+            replay = (
+                relay is not None
+                and relay.log is not None
+                and (resume is not None or sub.since < delivered)
+            )
+            if replay:
+                sub.held = []
+            self._reply(conn, response(msg.id, ctx.result))
+            conn.subscriptions[sub.id] = sub
+            self.table.add(sub)
+        if replay:
+            await self._catch_up(
+                sub, resume.epoch if resume is not None else None, epoch
+            )
+
+    async def _catch_up(
+        self, sub: Subscription, wanted: str | None, epoch: str
+    ) -> None:
+        """Replay what a subscription missed since ``sub.since``, or tell it to reset."""
+        relay = self.relay
+        if (
+            relay is None or relay.log is None
+        ):  # pragma: no cover - checked by the caller
+            return
+        key = sub.entity.key
+        head = relay.positions.get(key, 0)
+        changes: list[Change] = []
+        reason: str | None = None
+        if wanted and epoch and wanted != epoch:
+            reason = "the change stream's history was replaced; read again"
+        elif sub.since > head:
+            reason = "that position is not in this change stream; read again"
+        else:
+            try:
+                after = sub.since
+                while True:
+                    _, batch = await relay.log.changes_since(key, after)
+                    if batch and batch[0].seq != after + 1:
+                        reason = (
+                            "the history no longer reaches back that far; read again"
+                        )
+                        break
+                    if not batch:
+                        if after < head:
+                            reason = "the history no longer reaches back that far; read again"
+                        break
+                    changes.extend(batch)
+                    after = batch[-1].seq
+            except Exception as exc:
+                log.warning("replay for %s failed", sub.id, exc_info=exc)
+                reason = "the missed changes could not be read; read again"
+        if reason is not None:
+            self.fanout.reset_one(sub, reason)
+            sub.since = max(sub.since, relay.positions.get(sub.entity.key, 0))
+            changes = []
+        await self.fanout.replay(sub, changes)
 
     async def _unsubscribe(self, conn: Connection, msg: Message) -> dict[str, Any]:
         if not msg.subscription_id:

@@ -50,6 +50,11 @@ class Subscription:
     index_key: tuple[str, Any] | None = field(default=None)
     options: QueryOptions | None = None
     """The client's own options, kept to re-run the hooks when the identity changes."""
+    since: int = 0
+    """Changes at or before this position of the stream are not for this subscription
+    (the snapshot it was given, or where it resumed from)."""
+    held: list[tuple[int, str, Any, dict[str, Any]]] | None = None
+    """While a replay runs, live notifications wait here."""
 
 
 def _index_key(where: Expr | None) -> tuple[str, Any] | None:
@@ -242,45 +247,49 @@ class Fanout:
 
     def _send_reset(self, item: _Reset) -> None:
         for sub in list(self.table.of_entity(item.entity)):
-            sub.connection.send(
-                {
-                    "type": "notification",
-                    "operation": "reset",
-                    "subscription_id": sub.id,
-                    "schema": sub.entity.schema,
-                    "entity": sub.entity.name,
-                    "data": None,
-                    "metadata": {"reason": item.reason},
-                    "timestamp": now(),
-                }
-            )
+            self.reset_one(sub, item.reason)
+
+    def reset_one(self, sub: Subscription, reason: str) -> None:
+        """Tell one subscription to read again."""
+        sub.connection.send(
+            {
+                "type": "notification",
+                "operation": "reset",
+                "subscription_id": sub.id,
+                "schema": sub.entity.schema,
+                "entity": sub.entity.name,
+                "data": None,
+                "metadata": {"reason": reason},
+                "timestamp": now(),
+            }
+        )
 
     def _deliver_sync(self, change: Change) -> None:
         for sub, operation, row, meta in self._matches(change):
-            self._send(sub, operation, row, meta)
+            self._send(sub, operation, row, meta, change.seq)
 
     def _matches(
         self, change: Change
     ) -> Iterator[tuple[Subscription, str, dict[str, Any], dict[str, Any]]]:
         for sub in list(self.table.candidates(change)):
-            outcome = classify(sub, change)
-            if outcome is None:
-                continue
-            operation, row, meta = outcome
-            if change.seq:
-                meta["seq"] = change.seq
-                meta["epoch"] = change.epoch
-            yield (
-                sub,
-                operation,
-                project(row, sub.columns, sub.entity.primary_key),
-                meta,
-            )
+            prepared = prepare(sub, change)
+            if prepared is not None:
+                yield (sub, *prepared)
 
     def _send(
-        self, sub: Subscription, operation: str, data: Any, meta: dict[str, Any]
+        self,
+        sub: Subscription,
+        operation: str,
+        data: Any,
+        meta: dict[str, Any],
+        seq: int = 0,
+        *,
+        replaying: bool = False,
     ) -> None:
         if sub.id not in sub.connection.subscriptions:
+            return
+        if sub.held is not None and not replaying:
+            sub.held.append((seq, operation, data, meta))
             return
         sub.connection.send(
             {
@@ -295,6 +304,62 @@ class Fanout:
             }
         )
         self.delivered += 1
+
+    async def replay(self, sub: Subscription, changes: list[Change]) -> None:
+        """Send one subscription the changes it missed, then what arrived meanwhile.
+
+        The subscription must be in the table with ``held`` set to a list, so that live
+        changes wait while this runs; they are released after the replay, without the
+        ones the replay already covered.
+        """
+        last = sub.since
+        try:
+            for change in changes:
+                prepared = prepare(sub, change)
+                last = max(last, change.seq)
+                if prepared is None:
+                    continue
+                operation, row, meta = prepared
+                data = await self._shape(sub, row)
+                if data is not None:
+                    self._send(sub, operation, data, meta, change.seq, replaying=True)
+        finally:
+            held, sub.held = sub.held or [], None
+            sub.since = last
+            for seq, operation, data, meta in held:
+                if seq == 0 or seq > last:
+                    self._send(sub, operation, data, meta, seq)
+
+    async def _shape(self, sub: Subscription, row: dict[str, Any]) -> Any:
+        """Run the after-read hooks on one subscriber's copy; ``None`` withholds it."""
+        if not self.hooks.has_after(HookType.READ):
+            return row
+        ctx = HookContext(
+            connection=sub.connection,
+            operation="read",
+            schema=sub.entity.schema,
+            entity=sub.entity.name,
+            record_id=None,
+            result=dict(row),
+            subscription_id=sub.id,
+        )
+        try:
+            await self.hooks.run_after(HookType.READ, ctx)
+        except HookError as exc:
+            log.error(
+                "an after-read hook failed; notification withheld from %s",
+                sub.id,
+                exc_info=exc.__cause__,
+            )
+            return None
+        except ProtocolError as exc:
+            log.info(
+                "an after-read hook withheld a notification from %s: %s",
+                sub.id,
+                exc.message,
+            )
+            return None
+        return ctx.result
 
     async def _run(self) -> None:
         while True:
@@ -316,31 +381,22 @@ class Fanout:
             self._deliver_sync(change)
             return
         for sub, operation, row, meta in list(self._matches(change)):
-            ctx = HookContext(
-                connection=sub.connection,
-                operation="read",
-                schema=sub.entity.schema,
-                entity=sub.entity.name,
-                record_id=None,
-                result=dict(row),
-                subscription_id=sub.id,
-            )
-            try:
-                await self.hooks.run_after(HookType.READ, ctx)
-            except HookError as exc:
-                log.error(
-                    "an after-read hook failed; notification withheld from %s",
-                    sub.id,
-                    exc_info=exc.__cause__,
-                )
-                continue
-            except ProtocolError as exc:
-                log.info(
-                    "an after-read hook withheld a notification from %s: %s",
-                    sub.id,
-                    exc.message,
-                )
-                continue
-            if ctx.result is None:
-                continue
-            self._send(sub, operation, ctx.result, meta)
+            data = await self._shape(sub, row)
+            if data is not None:
+                self._send(sub, operation, data, meta, change.seq)
+
+
+def prepare(
+    sub: Subscription, change: Change
+) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """What one subscription is told of a change: (operation, data, metadata), or ``None``."""
+    if change.seq and change.seq <= sub.since:
+        return None
+    outcome = classify(sub, change)
+    if outcome is None:
+        return None
+    operation, row, meta = outcome
+    if change.seq:
+        meta["seq"] = change.seq
+        meta["epoch"] = change.epoch
+    return operation, project(row, sub.columns, sub.entity.primary_key), meta
