@@ -94,8 +94,9 @@ class HookContext:
     record_id: Any = None
     options: QueryOptions = field(default_factory=QueryOptions)
     """A mutable working copy of the request's options; never ``None``."""
-    data: dict[str, Any] | None = None
-    """The row data of a create or update, as a plain dict."""
+    data: Any = None
+    """The row data of a create or update, as a plain dict (a list of them for a
+    multi-row create)."""
     result: Any = None
     """After hooks: the data about to be sent (a dict, or a list for list reads)."""
     message: Message | None = None

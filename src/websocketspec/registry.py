@@ -86,6 +86,8 @@ class EntityInfo:
     relations: dict[str, RelationInfo]
     primary_key: tuple[str, ...]
     column_types: dict[str, ColumnType] = field(default_factory=dict)
+    bulk: bool = False
+    """Whether updates and deletes by filters (without ``record_id``) are allowed."""
     state: dict[str, Any] = field(default_factory=dict)
     """Scratch space for the adapter (compiled tables, prepared statements)."""
 
@@ -111,8 +113,15 @@ class ModelRegistry:
         self._entities: dict[str, EntityInfo] = {}
         self._by_model: dict[Any, EntityInfo] = {}
 
-    def register_model(self, name: str, model: Any) -> EntityInfo:
+    def register_model(
+        self, name: str, model: Any, *, bulk: bool = False
+    ) -> EntityInfo:
         """Register a model under ``"schema.entity"`` (or ``"entity"`` in the default schema).
+
+        Args:
+            name: ``"public.users"``, or ``"users"`` in the default schema.
+            model: the ORM model.
+            bulk: allow updates and deletes by filters, without ``record_id``.
 
         Raises:
             ConfigurationError: the name is taken, malformed, or the model has no primary key.
@@ -138,6 +147,7 @@ class ModelRegistry:
             relations={r.name: r for r in description.relations},
             primary_key=primary_key,
             column_types={c.name: c.type for c in description.columns},
+            bulk=bulk,
         )
         self._entities[key] = info
         self._by_model.setdefault(model, info)

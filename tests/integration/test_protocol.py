@@ -448,13 +448,16 @@ async def test_users_and_public_users_are_the_same_entity(client: WSClient) -> N
 async def test_missing_or_non_object_data_is_invalid_model(client: WSClient) -> None:
     created = await client.ok("create", "users", data={"name": "Ann"})
     key = created["id"]
-    for data in [None, [], [{"name": "Bob"}], "name=Bob", 5, True]:
+    for data in [None, [], [5], ["name=Bob"], "name=Bob", 5, True]:
         create = request("create", "users")
-        update = request("update", "users", record_id=key)
         if data is not None:
             create["data"] = data
-            update["data"] = data
         await fails(client, create, "invalid_model")
+    # A list of rows is a multi-row create; an update takes one object only.
+    for data in [None, [], [{"name": "Bob"}], "name=Bob", 5, True]:
+        update = request("update", "users", record_id=key)
+        if data is not None:
+            update["data"] = data
         await fails(client, update, "invalid_model")
     # Explicit JSON null is "missing" too.
     await fails(client, request("create", "users", data=None), "invalid_model")

@@ -28,7 +28,15 @@ from websocketspec.query import ReadQuery
 from websocketspec.registry import EntityInfo, ModelDescription
 from websocketspec.types import Record
 
-__all__ = ["Adapter", "Change", "ChangeLog", "WriteCheck"]
+__all__ = [
+    "Adapter",
+    "Change",
+    "ChangeLog",
+    "KeyTakenError",
+    "Remember",
+    "Write",
+    "WriteCheck",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,12 @@ class Change:
     """Position in the entity's change stream, in commit order (0: not yet assigned)."""
     epoch: str = ""
     """Names the stream's history; it changes when that history is lost."""
+    txid: str = ""
+    """The transaction of a multi-row write (empty for a single-row write)."""
+    batch_index: int = 0
+    """This row's place among the transaction's changes (from 0)."""
+    batch_size: int = 0
+    """How many rows the transaction changed (0 for a single-row write)."""
 
 
 class ChangeLog(Protocol):
@@ -74,8 +88,46 @@ class ChangeLog(Protocol):
         ...
 
 
-WriteCheck: TypeAlias = Callable[[Change], Awaitable[Any]]
-"""Called inside a write's transaction with its change; returns the data to answer."""
+WriteCheck: TypeAlias = Callable[[list[Change]], Awaitable[Any]]
+"""Called inside a write's transaction with its changes; returns the data to answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Remember:
+    """An idempotency key to record with a write's answer."""
+
+    identity: str
+    key: str
+    fingerprint: str
+    """A digest of the request, to refuse the same key with another payload."""
+    window: float
+    """Seconds a key is remembered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One write, validated: what to change and where.
+
+    - ``create``: ``rows`` (one or more).
+    - ``update``: ``data`` applied to the row ``key`` or, without a key, to every row
+      matching ``where``.
+    - ``delete``: the row ``key``, or every row matching ``where``.
+    """
+
+    operation: str
+    rows: tuple[Record, ...] = ()
+    data: Record | None = None
+    key: tuple[Any, ...] | None = None
+    where: Expr | None = None
+    limit: int | None = None
+    """The most rows a multi-row update or delete may change."""
+    bulk: bool = False
+    """A multi-row write: its changes carry ``txid``, ``batch_index``, ``batch_size``."""
+    remember: Remember | None = None
+
+
+class KeyTakenError(Exception):
+    """A concurrent write took the same idempotency key first."""
 
 
 class Adapter(ABC):
@@ -133,36 +185,24 @@ class Adapter(ABC):
         """Return the row with primary key ``key`` if it matches ``query.where``."""
 
     @abstractmethod
-    async def create(
-        self, entity: EntityInfo, data: Record, check: WriteCheck
-    ) -> tuple[Any, Change]:
-        """Insert a row, re-read it and run ``check`` in one transaction.
+    async def write(
+        self, entity: EntityInfo, write: Write, check: WriteCheck
+    ) -> tuple[Any, list[Change]] | None:
+        """Run one write in one transaction.
+
+        The transaction holds the statement(s), the re-read of every row changed,
+        ``check`` (after-hooks, row security) and, when kept, the change log and the
+        idempotency record.
 
         Returns:
-            What ``check`` returned, and the change to publish after commit.
+            What ``check`` returned and the changes to publish after commit, in order;
+            ``None`` when ``write.key`` names no row (matching ``write.where``).
+
+        Raises:
+            KeyTakenError: ``write.remember``'s key was used by a concurrent write.
+            LimitError: more than ``write.limit`` rows would change (nothing changes).
         """
 
-    @abstractmethod
-    async def update(
-        self,
-        entity: EntityInfo,
-        key: tuple[Any, ...],
-        data: Record,
-        where: Expr | None,
-        check: WriteCheck,
-    ) -> tuple[Any, Change] | None:
-        """Change the columns in ``data`` of the row ``key`` if it matches ``where``.
-
-        Returns:
-            ``None`` when no such row exists, else as :meth:`create`.
-        """
-
-    @abstractmethod
-    async def delete(
-        self,
-        entity: EntityInfo,
-        key: tuple[Any, ...],
-        where: Expr | None,
-        check: WriteCheck,
-    ) -> tuple[Any, Change] | None:
-        """Delete the row ``key`` if it matches ``where``; as :meth:`update`."""
+    async def remembered(self, remember: Remember) -> tuple[str, Any] | None:
+        """The fingerprint and answer stored for an idempotency key, within its window."""
+        raise ConfigurationError(f"{type(self).__name__} cannot keep idempotency keys")

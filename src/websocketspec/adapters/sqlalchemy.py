@@ -15,15 +15,29 @@ path). The same filter semantics as the in-memory matcher are enforced per diale
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from websocketspec.adapters.base import Adapter, Change, WriteCheck
+import msgspec
+
+from websocketspec.adapters.base import (
+    Adapter,
+    Change,
+    KeyTakenError,
+    Remember,
+    Write,
+    WriteCheck,
+)
 from websocketspec.exceptions import (
+    LimitError,
     MissingDependencyError,
     OperationError,
     ProtocolError,
@@ -54,7 +68,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("sqlalchemy", "sqlalchemy") from exc
 
-from websocketspec.adapters.sqlalchemy_log import SQLAlchemyChangeLog
+from websocketspec.adapters.sqlalchemy_log import KEYS, SQLAlchemyChangeLog
 
 __all__ = ["SQLAlchemyAdapter", "async_url", "create_engine"]
 
@@ -160,8 +174,8 @@ def _max_length(column: sa.Column[Any]) -> int | None:
     return None
 
 
-def _bounds(column: sa.Column[Any]) -> tuple[int, int] | None:
-    """The range an integer column holds, as declared (SQLite would take more)."""
+def _bounds(column: sa.Column[Any]) -> tuple[Any, Any] | None:
+    """The range a whole or fixed-point number column holds, as declared."""
     t = column.type
     if isinstance(t, sa.SmallInteger):
         return -(2**15), 2**15 - 1
@@ -171,6 +185,12 @@ def _bounds(column: sa.Column[Any]) -> tuple[int, int] | None:
         # INTEGER is 32 bits on PostgreSQL and MariaDB; SQLite would store more, but the
         # model declares the same range everywhere.
         return -(2**31), 2**31 - 1
+    if isinstance(t, sa.Numeric) and not isinstance(t, sa.Float) and t.precision:
+        # NUMERIC(p, s) holds p - s digits before the point (PostgreSQL refuses more,
+        # SQLite would store a float); values with more than s places are compared as sent.
+        scale = t.scale or 0
+        top = Decimal(10) ** (t.precision - scale) - Decimal(1).scaleb(-scale)
+        return -top, top
     return None
 
 
@@ -216,6 +236,7 @@ class SQLAlchemyAdapter(Adapter):
             raise ValueError(f"expected NORMAL or FULL, got {sqlite_synchronous!r}")
         self._sqlite_synchronous = sqlite_synchronous.upper()
         self._maps: dict[int, _Mapping] = {}
+        self._keys_ready = False
         self.log: SQLAlchemyChangeLog | None = None
         """The change log, once a shared broker asked for one (:meth:`enable_log`)."""
         if self.dialect == "sqlite":
@@ -337,6 +358,24 @@ class SQLAlchemyAdapter(Adapter):
 
     # -- SQL building -------------------------------------------------------------
 
+    def _store(self, m: _Mapping, name: str, value: Any) -> Any:
+        """A value to write, decimals rounded to the column's scale (half away from zero).
+
+        PostgreSQL rounds so on store; SQLite keeps a double of the value as sent and
+        rounds only on read, so filters would compare a value that no row shows.
+        """
+        column_type = m.columns[name].type
+        scale = getattr(column_type, "scale", None)
+        if (
+            isinstance(value, Decimal)
+            and isinstance(scale, int)
+            and not isinstance(column_type, sa.Float)
+        ):
+            # A value too long to round is left for the database to refuse.
+            with contextlib.suppress(InvalidOperation):
+                value = value.quantize(Decimal(1).scaleb(-scale), ROUND_HALF_UP)
+        return self._bind(m, name, value)
+
     def _bind(self, m: _Mapping, name: str, value: Any) -> Any:
         if value is None:
             # An explicit SQL NULL: SQLAlchemy would store None in a JSON column as
@@ -457,6 +496,39 @@ class SQLAlchemyAdapter(Adapter):
         self, entity: EntityInfo, query: ReadQuery
     ) -> tuple[list[Record], int]:
         """Read one page of rows and the total count."""
+        try:
+            async with self.engine.connect() as conn:
+                return await self._page(conn, entity, query)
+        except SQLAlchemyError as exc:
+            raise _operation_error("read", exc) from exc
+
+    async def snapshot(
+        self, entity: EntityInfo, query: ReadQuery
+    ) -> tuple[list[Record], int, tuple[int, str] | None]:
+        """Read a page and, when a change log is kept, its stream position, atomically.
+
+        On PostgreSQL the reads share one REPEATABLE READ snapshot; on SQLite one read
+        transaction (WAL) gives the same.
+        """
+        if self.log is None:
+            rows, total = await self.read_many(entity, query)
+            return rows, total, None
+        try:
+            async with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    conn = await conn.execution_options(
+                        isolation_level="REPEATABLE READ"
+                    )
+                async with conn.begin():
+                    position = await self.log.position(conn, entity.key)
+                    rows, total = await self._page(conn, entity, query)
+        except SQLAlchemyError as exc:
+            raise _operation_error("read", exc) from exc
+        return rows, total, position
+
+    async def _page(
+        self, conn: AsyncConnection, entity: EntityInfo, query: ReadQuery
+    ) -> tuple[list[Record], int]:
         m = self._map(entity)
         where = self.where(m, query.where)
         stmt = sa.select(*m.selectable).order_by(*self._order(m, entity, query.sort))
@@ -465,14 +537,10 @@ class SQLAlchemyAdapter(Adapter):
             stmt = stmt.where(where)
             count = count.where(where)
         stmt = stmt.limit(query.limit).offset(query.offset)
-        try:
-            async with self.engine.connect() as conn:
-                rows = [self._row(r) for r in (await conn.execute(stmt)).all()]
-                total = int((await conn.execute(count)).scalar_one())
-                if query.preload and rows:
-                    await self._preload(conn, rows, query.preload)
-        except SQLAlchemyError as exc:
-            raise _operation_error("read", exc) from exc
+        rows = [self._row(r) for r in (await conn.execute(stmt)).all()]
+        total = int((await conn.execute(count)).scalar_one())
+        if query.preload and rows:
+            await self._preload(conn, rows, query.preload)
         return rows, total
 
     async def read_one(
@@ -578,91 +646,180 @@ class SQLAlchemyAdapter(Adapter):
     def _returning(self, m: _Mapping) -> list[sa.ColumnElement[Any]]:
         return list(m.selectable)
 
-    async def create(
-        self, entity: EntityInfo, data: Record, check: WriteCheck
-    ) -> tuple[Any, Change]:
-        """Insert a row and re-read it, in one transaction with ``check``."""
+    async def write(
+        self, entity: EntityInfo, write: Write, check: WriteCheck
+    ) -> tuple[Any, list[Change]] | None:
+        """Run a create, update or delete (one row or many) in one transaction."""
         m = self._map(entity)
-        values = {
-            m.columns[name].key: self._bind(m, name, v) for name, v in data.items()
-        }
-        async with self._write("create") as conn:
+        async with self._write(write.operation) as conn:
+            if write.remember is not None:
+                await self._claim(conn, write.remember)
+            if write.operation == "create":
+                changes = await self._insert(conn, m, entity, write.rows)
+            else:
+                olds = await self._locked(conn, m, entity, write)
+                if write.key is not None and not olds:
+                    return None
+                changes = await self._change(conn, m, entity, write, olds)
+            if write.bulk:
+                txid = uuid.uuid4().hex
+                size = len(changes)
+                changes = [
+                    replace(c, txid=txid, batch_index=i, batch_size=size)
+                    for i, c in enumerate(changes)
+                ]
+            result = await check(changes)
+            if write.remember is not None:
+                await self._remember(conn, write.remember, result)
+            if self.log is not None:
+                changes = [await self.log.append(conn, c) for c in changes]
+        return result, changes
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        m: _Mapping,
+        entity: EntityInfo,
+        rows: Sequence[Record],
+    ) -> list[Change]:
+        changes = []
+        for data in rows:
+            values = {
+                m.columns[name].key: self._store(m, name, v) for name, v in data.items()
+            }
             stmt = sa.insert(m.table).values(values).returning(*self._returning(m))
             new = self._row((await conn.execute(stmt)).one())
-            change = Change("create", entity.key, None, new)
-            result = await check(change)
-            if self.log is not None:
-                change = await self.log.append(conn, change)
-        return result, change
+            changes.append(Change("create", entity.key, None, new))
+        return changes
 
-    async def update(
+    async def _change(
         self,
+        conn: AsyncConnection,
+        m: _Mapping,
         entity: EntityInfo,
-        key: tuple[Any, ...],
-        data: Record,
-        where: Expr | None,
-        check: WriteCheck,
-    ) -> tuple[Any, Change] | None:
-        """Update the columns in ``data`` of one row, in one transaction with ``check``."""
-        m = self._map(entity)
+        write: Write,
+        olds: list[Record],
+    ) -> list[Change]:
+        if not olds:
+            return []
+        keys = [tuple(old[name] for name in entity.primary_key) for old in olds]
+        pk = [m.columns[name] for name in entity.primary_key]
+        if len(pk) == 1:
+            target = pk[0].in_(
+                [self._operand(m, entity.primary_key[0], k[0]) for k in keys]
+            )
+        else:
+            target = sa.tuple_(*pk).in_(keys)
+        if write.operation == "delete":
+            await conn.execute(sa.delete(m.table).where(target))
+            return [Change("delete", entity.key, old, None) for old in olds]
         values = {
-            m.columns[name].key: self._bind(m, name, v) for name, v in data.items()
+            m.columns[name].key: self._store(m, name, v)
+            for name, v in (write.data or {}).items()
         }
-        async with self._write("update") as conn:
-            old = await self._locked(conn, m, entity, key, where)
-            if old is None:
-                return None
-            stmt = (
-                sa.update(m.table)
-                .where(self._key_clause(m, entity, key))
-                .values(values)
-                .returning(*self._returning(m))
-            )
-            new = self._row((await conn.execute(stmt)).one())
-            change = Change("update", entity.key, old, new)
-            result = await check(change)
-            if self.log is not None:
-                change = await self.log.append(conn, change)
-        return result, change
-
-    async def delete(
-        self,
-        entity: EntityInfo,
-        key: tuple[Any, ...],
-        where: Expr | None,
-        check: WriteCheck,
-    ) -> tuple[Any, Change] | None:
-        """Delete one row, in one transaction with ``check``; answers the old row."""
-        m = self._map(entity)
-        async with self._write("delete") as conn:
-            old = await self._locked(conn, m, entity, key, where)
-            if old is None:
-                return None
-            await conn.execute(
-                sa.delete(m.table).where(self._key_clause(m, entity, key))
-            )
-            change = Change("delete", entity.key, old, None)
-            result = await check(change)
-            if self.log is not None:
-                change = await self.log.append(conn, change)
-        return result, change
+        stmt = (
+            sa.update(m.table)
+            .where(target)
+            .values(values)
+            .returning(*self._returning(m))
+        )
+        news = {
+            tuple(new[name] for name in entity.primary_key): new
+            for new in (self._row(r) for r in (await conn.execute(stmt)).all())
+        }
+        return [
+            Change("update", entity.key, old, news[key])
+            for old, key in zip(olds, keys, strict=True)
+        ]
 
     async def _locked(
         self,
         conn: AsyncConnection,
         m: _Mapping,
         entity: EntityInfo,
-        key: tuple[Any, ...],
-        where: Expr | None,
-    ) -> Record | None:
-        stmt = sa.select(*m.selectable).where(self._key_clause(m, entity, key))
-        clause = self.where(m, where)
+        write: Write,
+    ) -> list[Record]:
+        """The rows a write changes, locked (in key order, so writers never deadlock)."""
+        stmt = sa.select(*m.selectable)
+        if write.key is not None:
+            stmt = stmt.where(self._key_clause(m, entity, write.key))
+        clause = self.where(m, write.where)
         if clause is not None:
             stmt = stmt.where(clause)
+        stmt = stmt.order_by(*(m.columns[name] for name in entity.primary_key))
+        if write.limit is not None:
+            stmt = stmt.limit(write.limit + 1)
         if self.dialect != "sqlite":
             stmt = stmt.with_for_update()
-        found = (await conn.execute(stmt)).first()
-        return None if found is None else self._row(found)
+        rows = [self._row(r) for r in (await conn.execute(stmt)).all()]
+        if write.limit is not None and len(rows) > write.limit:
+            raise LimitError(
+                f"the {write.operation} would change more than {write.limit} rows; "
+                "narrow the filters",
+                code="too_many_rows",
+                details={"max_rows": write.limit},
+            )
+        return rows
+
+    # -- idempotency ----------------------------------------------------------------
+
+    async def _ensure_keys_table(self) -> None:
+        if not self._keys_ready:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(KEYS.create, checkfirst=True)
+            self._keys_ready = True
+
+    async def remembered(self, remember: Remember) -> tuple[str, Any] | None:
+        """The fingerprint and answer stored for a key, within its window."""
+        await self._ensure_keys_table()
+        stmt = sa.select(KEYS.c.fingerprint, KEYS.c.response).where(
+            KEYS.c.identity == remember.identity,
+            KEYS.c.key == remember.key,
+            KEYS.c.created_at >= time.time() - remember.window,
+            KEYS.c.response.is_not(None),
+        )
+        try:
+            async with self.engine.connect() as conn:
+                found = (await conn.execute(stmt)).first()
+        except SQLAlchemyError as exc:
+            raise _operation_error("read", exc) from exc
+        if found is None:
+            return None
+        return str(found[0]), msgspec.json.decode(found[1])
+
+    async def _claim(self, conn: AsyncConnection, remember: Remember) -> None:
+        """Take the key in this transaction (first thing, so a twin waits on it)."""
+        await self._ensure_keys_table()
+        await conn.execute(
+            sa.delete(KEYS).where(
+                KEYS.c.identity == remember.identity,
+                KEYS.c.key == remember.key,
+                KEYS.c.created_at < time.time() - remember.window,
+            )
+        )
+        try:
+            await conn.execute(
+                sa.insert(KEYS).values(
+                    identity=remember.identity,
+                    key=remember.key,
+                    fingerprint=remember.fingerprint,
+                    created_at=time.time(),
+                )
+            )
+        except IntegrityError as exc:
+            raise KeyTakenError(remember.key) from exc
+
+    async def _remember(
+        self, conn: AsyncConnection, remember: Remember, result: Any
+    ) -> None:
+        await conn.execute(
+            sa.update(KEYS)
+            .where(KEYS.c.identity == remember.identity, KEYS.c.key == remember.key)
+            .values(response=_encoder.encode(result).decode())
+        )
+
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
 
 
 def _operation_error(operation: str, exc: SQLAlchemyError) -> OperationError:

@@ -38,7 +38,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("sqlalchemy", "sqlalchemy") from exc
 
-__all__ = ["OUTBOX", "STREAMS", "SQLAlchemyChangeLog", "log_metadata"]
+__all__ = ["KEYS", "OUTBOX", "STREAMS", "SQLAlchemyChangeLog", "log_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,22 @@ OUTBOX = sa.Table(
     sa.Column("operation", sa.String(16), nullable=False),
     sa.Column("old", sa.Text),
     sa.Column("new", sa.Text),
+    sa.Column("txid", sa.String(32)),
+    sa.Column("batch_index", sa.Integer),
+    sa.Column("batch_size", sa.Integer),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )
+
+KEYS = sa.Table(
+    "websocketspec_idempotency",
+    sa.MetaData(),
+    sa.Column("identity", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("response", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+"""Idempotency keys: the answer of each keyed write, per identity (created on first use)."""
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 
@@ -145,6 +159,9 @@ class SQLAlchemyChangeLog:
                 operation=change.operation,
                 old=_dump(change.old),
                 new=_dump(change.new),
+                txid=change.txid or None,
+                batch_index=change.batch_index if change.txid else None,
+                batch_size=change.batch_size if change.txid else None,
             )
         )
         if self.notify is not None:
@@ -193,7 +210,13 @@ class SQLAlchemyChangeLog:
             rows = (
                 await conn.execute(
                     sa.select(
-                        OUTBOX.c.seq, OUTBOX.c.operation, OUTBOX.c.old, OUTBOX.c.new
+                        OUTBOX.c.seq,
+                        OUTBOX.c.operation,
+                        OUTBOX.c.old,
+                        OUTBOX.c.new,
+                        OUTBOX.c.txid,
+                        OUTBOX.c.batch_index,
+                        OUTBOX.c.batch_size,
                     )
                     .where(OUTBOX.c.entity == entity, OUTBOX.c.seq > after)
                     .order_by(OUTBOX.c.seq)
@@ -210,8 +233,11 @@ class SQLAlchemyChangeLog:
                 self._load(info, new),
                 int(seq),
                 epoch,
+                txid or "",
+                batch_index or 0,
+                batch_size or 0,
             )
-            for seq, op, old, new in rows
+            for seq, op, old, new, txid, batch_index, batch_size in rows
         ]
         return (int(low) if low is not None else 0), changes
 

@@ -44,6 +44,9 @@ class _Wire(msgspec.Struct):
     operation: str
     old: dict[str, Any] | None = None
     new: dict[str, Any] | None = None
+    txid: str = ""
+    batch_index: int = 0
+    batch_size: int = 0
 
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
@@ -113,6 +116,9 @@ class RedisBroker(Broker):
             change.operation,
             change.old,
             change.new,
+            change.txid,
+            change.batch_index,
+            change.batch_size,
         )
         try:
             await self._client.publish(self.channel, _encoder.encode(wire))
@@ -153,6 +159,9 @@ class RedisBroker(Broker):
                 None if wire.new is None else self.decode_row(wire.entity, wire.new),
                 wire.seq,
                 wire.epoch,
+                wire.txid,
+                wire.batch_index,
+                wire.batch_size,
             )
         )
 
@@ -169,12 +178,18 @@ class RedisBroker(Broker):
                 self._listening.set()
                 if self._relay is not None:
                     await self._relay.sweep()
+                loop = asyncio.get_running_loop()
+                next_sweep = loop.time() + self.sweep_interval
                 while True:
-                    message = await pubsub.get_message(timeout=self.sweep_interval)
+                    wait = max(0.0, next_sweep - loop.time())
+                    message = await pubsub.get_message(timeout=wait)
                     if message is not None and message.get("type") == "message":
                         self._on_message(message["data"])
-                    elif message is None and self._relay is not None:
-                        await self._relay.sweep()
+                    # On a clock, not when idle: a busy channel must not starve it.
+                    if loop.time() >= next_sweep:
+                        if self._relay is not None:
+                            await self._relay.sweep()
+                        next_sweep = loop.time() + self.sweep_interval
             except (RedisError, OSError) as exc:
                 self._listening.clear()
                 self.reconnects += 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from websocketspec.query import Limits
 
@@ -57,7 +59,14 @@ class Config:
     request_timeout: float | None = 30.0
     """Seconds a database operation may take before it fails with ``<operation>_error``."""
     idle_timeout: float | None = None
-    """Close a connection that sent nothing for this many seconds. Off by default."""
+    """Close a connection with no traffic either way for this many seconds. Off by default."""
+    max_bulk_rows: int = 1000
+    """Rows one multi-row create, update or delete may change (``too_many_rows``)."""
+    idempotency_window: float = 24 * 3600.0
+    """Seconds an idempotency key is remembered."""
+    identity: Callable[[Any], Any] | None = None
+    """Whose idempotency keys a connection uses: a function of the connection (default:
+    ``connection.metadata["user_id"]``, and one shared space for anonymous clients)."""
 
     @property
     def limits(self) -> Limits:

@@ -15,15 +15,17 @@ publishes each entity's changes in commit order.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, Protocol
 
 import msgspec
 
-from websocketspec.adapters.base import Adapter, Change
+from websocketspec.adapters.base import Adapter, Change, KeyTakenError, Remember, Write
 from websocketspec.broker.relay import Relay
 from websocketspec.exceptions import (
     HookError,
@@ -44,7 +46,7 @@ from websocketspec.protocol.codec import (
     pong,
     response,
 )
-from websocketspec.protocol.filters import Expr, matches
+from websocketspec.protocol.filters import matches
 from websocketspec.protocol.messages import (
     REQUEST_OPERATIONS,
     SUBSCRIPTION_OPERATIONS,
@@ -71,6 +73,7 @@ __all__ = ["Authenticator", "Dispatcher", "error_info"]
 
 log = logging.getLogger(__name__)
 
+_fingerprint_encoder = msgspec.json.Encoder(order="sorted")
 _CRUD = frozenset({"read", "create", "update", "delete"})
 _OPERATIONS = {op.value: op for op in Operation}
 
@@ -170,11 +173,16 @@ class Dispatcher:
         conn.send_text(text)
 
     def _reply_committed(
-        self, conn: Connection, msg: Message, result: Any, operation: str
+        self,
+        conn: Connection,
+        msg: Message,
+        result: Any,
+        operation: str,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         """Answer a committed write; its change is published whatever happens here."""
         try:
-            self._reply(conn, response(msg.id, result))
+            self._reply(conn, response(msg.id, result, metadata))
         except Exception as exc:
             log.error(
                 "the result of a committed %s could not be encoded",
@@ -235,10 +243,12 @@ class Dispatcher:
         if not msg.entity:
             raise InvalidMessageError("entity is required")
         entity = self.registry.get(msg.entity, msg.schema)
-        if op in (Operation.CREATE, Operation.UPDATE) and not isinstance(
-            msg.data, dict
-        ):
+        if op is Operation.UPDATE and not isinstance(msg.data, dict):
             raise InvalidModelError("data must be an object holding the row's columns")
+        if op is Operation.CREATE and not isinstance(msg.data, (dict, list)):
+            raise InvalidModelError(
+                "data must be an object holding the row's columns (or a list of them)"
+            )
         ctx = HookContext(
             connection=conn,
             operation=op.value,
@@ -246,7 +256,7 @@ class Dispatcher:
             entity=entity.name,
             record_id=msg.record_id,
             options=msg.options if msg.options is not None else QueryOptions(),
-            data=msg.data if isinstance(msg.data, dict) else None,
+            data=msg.data if isinstance(msg.data, (dict, list)) else None,
             message=msg,
         )
         if op is Operation.SUBSCRIBE:
@@ -351,47 +361,156 @@ class Dispatcher:
         entity: EntityInfo,
         ctx: HookContext,
     ) -> None:
+        write = self._plan(op, entity, ctx)
+        remember = self._idempotency(conn, msg, entity, ctx)
+        if remember is not None:
+            stored = await self.adapter.remembered(remember)
+            if stored is not None:
+                self._answer_stored(conn, msg, remember, stored)
+                return
+            write = replace(write, remember=remember)
         guard = build_where(entity, [], ctx.security_filters, self.limits)
         hook_type = HookType(op.value)
 
-        async def check(change: Change) -> Any:
-            row = change.new if change.new is not None else change.old
-            if change.new is not None and not matches(guard, change.new):
-                raise UnauthorizedError(
-                    "the row would be outside what this connection may write"
-                )
-            ctx.result = dict(row) if row is not None else None
-            if row is not None and ctx.record_id is None:
-                ctx.record_id = _key_of(entity, row)
+        async def check(changes: list[Change]) -> Any:
+            for change in changes:
+                if change.new is not None and not matches(guard, change.new):
+                    raise UnauthorizedError(
+                        "the row would be outside what this connection may write"
+                    )
+            rows = [c.new if c.new is not None else c.old for c in changes]
+            if write.bulk:
+                ctx.result = [dict(row) for row in rows if row is not None]
+            else:
+                row = rows[0]
+                ctx.result = dict(row) if row is not None else None
+                if row is not None and ctx.record_id is None:
+                    ctx.record_id = _key_of(entity, row)
             await self.hooks.run_after(hook_type, ctx)
             await self.hooks.run_after(HookType.HANDLE, ctx)
             return ctx.result
 
-        if op is Operation.CREATE:
-            data = validate_data(entity, ctx.data, partial=False)
-            async with self._lock(entity.key):
-                async with self._deadline("create"):
-                    result, change = await self.adapter.create(entity, data, check)
-                self._reply_committed(conn, msg, result, "create")
-                await self._publish(change)
-            return
-        key = parse_record_id(entity, ctx.record_id)
-        where: Expr | None = build_where(
-            entity, ctx.options.filters, ctx.security_filters, self.limits
-        )
         async with self._lock(entity.key):
-            if op is Operation.UPDATE:
-                data = validate_data(entity, ctx.data, partial=True, key=key)
-                async with self._deadline("update"):
-                    outcome = await self.adapter.update(entity, key, data, where, check)
-            else:
-                async with self._deadline("delete"):
-                    outcome = await self.adapter.delete(entity, key, where, check)
+            try:
+                async with self._deadline(op.value):
+                    outcome = await self.adapter.write(entity, write, check)
+            except KeyTakenError:
+                stored = await self.adapter.remembered(remember) if remember else None
+                if remember is None or stored is None:
+                    raise
+                self._answer_stored(conn, msg, remember, stored)
+                return
             if outcome is None:
                 raise NotFoundError(f"no {entity.name} row has id {ctx.record_id!r}")
-            result, change = outcome
-            self._reply_committed(conn, msg, result, op.value)
-            await self._publish(change)
+            result, changes = outcome
+            metadata = (
+                {"count": len(changes), "txid": changes[0].txid if changes else None}
+                if write.bulk
+                else None
+            )
+            self._reply_committed(conn, msg, result, op.value, metadata)
+            for change in changes:
+                await self._publish(change)
+
+    def _plan(self, op: Operation, entity: EntityInfo, ctx: HookContext) -> Write:
+        """Validate a write's data, key and filters into a :class:`Write`."""
+        max_rows = self.config.max_bulk_rows
+        if op is Operation.CREATE:
+            if isinstance(ctx.data, list):
+                if not ctx.data:
+                    raise InvalidModelError("data must hold at least one row")
+                if len(ctx.data) > max_rows:
+                    raise LimitError(
+                        f"a create may hold at most {max_rows} rows, got {len(ctx.data)}",
+                        code="too_many_rows",
+                        details={"max_rows": max_rows},
+                    )
+                rows = []
+                for index, item in enumerate(ctx.data):
+                    try:
+                        rows.append(validate_data(entity, item, partial=False))
+                    except ProtocolError as exc:
+                        exc.details = {**(exc.details or {}), "index": index}
+                        raise
+                return Write("create", rows=tuple(rows), bulk=True)
+            return Write(
+                "create", rows=(validate_data(entity, ctx.data, partial=False),)
+            )
+        where = build_where(
+            entity, ctx.options.filters, ctx.security_filters, self.limits
+        )
+        if ctx.record_id is None:
+            if not entity.bulk:
+                raise InvalidMessageError(
+                    "record_id is required: multi-row updates and deletes are not "
+                    f"enabled for {entity.name}",
+                    details={"field": "record_id"},
+                )
+            if not ctx.options.filters:
+                raise InvalidMessageError(
+                    "a multi-row update or delete needs filters naming its rows",
+                    details={"field": "options.filters"},
+                )
+            data = (
+                validate_data(entity, ctx.data, partial=True)
+                if op is Operation.UPDATE
+                else None
+            )
+            return Write(op.value, data=data, where=where, limit=max_rows, bulk=True)
+        key = parse_record_id(entity, ctx.record_id)
+        data = (
+            validate_data(entity, ctx.data, partial=True, key=key)
+            if op is Operation.UPDATE
+            else None
+        )
+        return Write(op.value, data=data, key=key, where=where)
+
+    def _idempotency(
+        self, conn: Connection, msg: Message, entity: EntityInfo, ctx: HookContext
+    ) -> Remember | None:
+        key = (msg.metadata or {}).get("idempotency_key")
+        if key is None:
+            return None
+        if not isinstance(key, str) or not key or len(key) > 255:
+            raise InvalidMessageError(
+                "metadata.idempotency_key must be a string of 1 to 255 characters",
+                details={"field": "metadata.idempotency_key"},
+            )
+        identity = (
+            self.config.identity(conn)
+            if self.config.identity
+            else conn.metadata.get("user_id")
+        )
+        payload = [
+            msg.operation,
+            entity.key,
+            msg.record_id,
+            msg.data,
+            msgspec.to_builtins(msg.options) if msg.options is not None else None,
+        ]
+        fingerprint = hashlib.sha256(_fingerprint_encoder.encode(payload)).hexdigest()
+        return Remember(
+            identity="" if identity is None else str(identity),
+            key=key,
+            fingerprint=fingerprint,
+            window=self.config.idempotency_window,
+        )
+
+    def _answer_stored(
+        self,
+        conn: Connection,
+        msg: Message,
+        remember: Remember,
+        stored: tuple[str, Any],
+    ) -> None:
+        fingerprint, result = stored
+        if fingerprint != remember.fingerprint:
+            raise ProtocolError(
+                "this idempotency key was used for a different request",
+                code="idempotency_conflict",
+                details={"idempotency_key": remember.key},
+            )
+        self._reply(conn, response(msg.id, result, {"replayed": True}))
 
     # -- subscriptions ------------------------------------------------------------
 
@@ -518,7 +637,9 @@ class Dispatcher:
                 reason = "the missed changes could not be read; read again"
         if reason is not None:
             self.fanout.reset_one(sub, reason)
-            sub.since = max(sub.since, relay.positions.get(sub.entity.key, 0))
+            # From the head this subscription joined at: a ``since`` from another
+            # epoch (or beyond the head) would swallow the next live changes.
+            sub.since = head
             changes = []
         await self.fanout.replay(sub, changes)
 

@@ -399,4 +399,8 @@ def prepare(
     if change.seq:
         meta["seq"] = change.seq
         meta["epoch"] = change.epoch
+    if change.batch_size:
+        meta["txid"] = change.txid
+        meta["batch_index"] = change.batch_index
+        meta["batch_size"] = change.batch_size
     return operation, project(row, sub.columns, sub.entity.primary_key), meta
