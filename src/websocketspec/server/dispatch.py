@@ -579,6 +579,7 @@ class Dispatcher:
                 sub.since = seq
             elif resume is not None:
                 sub.since = resume.seq
+                ctx.result["resumed"] = True
             else:
                 sub.since = delivered
                 ctx.result["position"] = {"seq": delivered, "epoch": epoch}
