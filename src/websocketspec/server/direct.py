@@ -161,9 +161,17 @@ class DirectServer:
         self._server = None
         server.close(close_connections=False)
         grace = self.handler.config.close_timeout if timeout is None else timeout
-        pending = [t for c in self.handler.connections.values() for t in c.tasks]
-        if pending:
-            await asyncio.wait(pending, timeout=grace)
+        # Requests that arrive meanwhile are in flight too: wait until none is left
+        # (within the grace), then close at once, so that none runs unanswered.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while pending := [
+            t for c in self.handler.connections.values() for t in c.tasks
+        ]:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.wait(pending, timeout=remaining)
         for conn in list(self.handler.connections.values()):
             conn.close(1001, "server shutting down")
         with contextlib.suppress(asyncio.TimeoutError):
