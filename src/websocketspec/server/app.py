@@ -174,6 +174,7 @@ class Handler:
         await self.broker.stop()
         await self.relay.stop()
         await self.fanout.stop()
+        await self.dispatcher.stop()
         await self.adapter.stop()
 
     @asynccontextmanager

@@ -18,10 +18,9 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -73,6 +72,7 @@ __all__ = ["Authenticator", "Dispatcher", "error_info"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _fingerprint_encoder = msgspec.json.Encoder(order="sorted")
 _CRUD = frozenset({"read", "create", "update", "delete"})
 _OPERATIONS = {op.value: op for op in Operation}
@@ -133,6 +133,7 @@ class Dispatcher:
         self.config = config
         self.limits = config.limits
         self._locks: dict[str, asyncio.Lock] = {}
+        self._abandoned: set[asyncio.Future[Any]] = set()
         self.relay: Relay | None = None
         """Stream positions and history (set by the handler)."""
         self.fanout: Fanout = fanout
@@ -195,19 +196,40 @@ class Dispatcher:
             )
             conn.send(error_response(msg.id, error))
 
-    @asynccontextmanager
-    async def _deadline(self, operation: str) -> AsyncIterator[None]:
-        """Fail the database work inside with ``<operation>_error`` past the timeout."""
+    async def _bounded(self, operation: str, work: Awaitable[T]) -> T:
+        """Await database work, failing with ``<operation>_error`` at the timeout.
+
+        The answer does not wait for the cancelled work to unwind (a driver may take
+        seconds to close a connection it was cut off on): the work is cancelled in the
+        background and awaited by :meth:`stop`.
+        """
+        task = asyncio.ensure_future(work)
         try:
-            async with asyncio.timeout(self.config.request_timeout):
-                yield
-        except TimeoutError as exc:
-            log.warning(
-                "%s timed out after %ss", operation, self.config.request_timeout
+            done, _ = await asyncio.wait({task}, timeout=self.config.request_timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task in done:
+            return task.result()
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget)
+        log.warning("%s timed out after %ss", operation, self.config.request_timeout)
+        raise OperationError(
+            operation, "timed out", public_message=f"the {operation} timed out"
+        )
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug(
+                "abandoned database work ended with an error", exc_info=task.exception()
             )
-            raise OperationError(
-                operation, "timed out", public_message=f"the {operation} timed out"
-            ) from exc
+
+    async def stop(self) -> None:
+        """Wait for database work abandoned at its timeout to unwind."""
+        if self._abandoned:
+            await asyncio.gather(*self._abandoned, return_exceptions=True)
 
     async def _route(self, conn: Connection, msg: Message) -> dict[str, Any] | None:
         kind = msg.type
@@ -284,16 +306,14 @@ class Dispatcher:
         keep = tuple(p.relation.name for p in query.preload)
         if ctx.record_id is not None:
             key = parse_record_id(entity, ctx.record_id)
-            async with self._deadline("read"):
-                row = await self.adapter.read_one(entity, key, query)
+            row = await self._bounded("read", self.adapter.read_one(entity, key, query))
             if row is None:
                 raise NotFoundError(f"no {entity.name} row has id {ctx.record_id!r}")
             ctx.result = project(row, query.columns, keep)
             await self.hooks.run_after(HookType.READ, ctx)
             await self.hooks.run_after(HookType.HANDLE, ctx)
             return response(msg.id, ctx.result)
-        async with self._deadline("read"):
-            rows, total = await self.adapter.read_many(entity, query)
+        rows, total = await self._bounded("read", self.adapter.read_many(entity, query))
         ctx.result = [project(row, query.columns, keep) for row in rows]
         await self.hooks.run_after(HookType.READ, ctx)
         await self.hooks.run_after(HookType.HANDLE, ctx)
@@ -392,8 +412,9 @@ class Dispatcher:
 
         async with self._lock(entity.key):
             try:
-                async with self._deadline(op.value):
-                    outcome = await self.adapter.write(entity, write, check)
+                outcome = await self._bounded(
+                    op.value, self.adapter.write(entity, write, check)
+                )
             except KeyTakenError:
                 stored = await self.adapter.remembered(remember) if remember else None
                 if remember is None or stored is None:
@@ -569,10 +590,15 @@ class Dispatcher:
             epoch = epoch or (relay.default_epoch if relay is not None else "")
             resume = options.resume_from
             if query is not None:
-                async with self._deadline("read"):
-                    rows, total, position = await self.adapter.snapshot(entity, query)
+                rows, total, position = await self._bounded(
+                    "read", self.adapter.snapshot(entity, query)
+                )
                 seq, epoch = position if position is not None else (delivered, epoch)
-                keep = tuple(p.relation.name for p in query.preload)
+                # The key always, as in notifications: the client merges them by it.
+                keep = (
+                    *entity.primary_key,
+                    *(p.relation.name for p in query.preload),
+                )
                 ctx.result["rows"] = [project(row, query.columns, keep) for row in rows]
                 ctx.result["position"] = {"seq": seq, "epoch": epoch}
                 ctx.result["total"] = total
@@ -580,6 +606,8 @@ class Dispatcher:
             elif resume is not None:
                 sub.since = resume.seq
                 ctx.result["resumed"] = True
+                # Every answer carries the head (docs/protocol.md); the replay follows.
+                ctx.result["position"] = {"seq": delivered, "epoch": epoch}
             else:
                 sub.since = delivered
                 ctx.result["position"] = {"seq": delivered, "epoch": epoch}
@@ -588,7 +616,9 @@ class Dispatcher:
             replay = (
                 relay is not None
                 and relay.log is not None
-                and (resume is not None or sub.since < delivered)
+                # Now, not ``delivered``: changes of other processes may have been
+                # delivered while the snapshot was read, before this joins the table.
+                and (resume is not None or sub.since < relay.positions.get(key, 0))
             )
             if replay:
                 sub.held = []
