@@ -15,6 +15,7 @@ path). The same filter semantics as the in-memory matcher are enforced per diale
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -237,6 +238,7 @@ class SQLAlchemyAdapter(Adapter):
         self._sqlite_synchronous = sqlite_synchronous.upper()
         self._maps: dict[int, _Mapping] = {}
         self._keys_ready = False
+        self._keys_lock = asyncio.Lock()
         self.log: SQLAlchemyChangeLog | None = None
         """The change log, once a shared broker asked for one (:meth:`enable_log`)."""
         if self.dialect == "sqlite":
@@ -449,7 +451,9 @@ class SQLAlchemyAdapter(Adapter):
         target = self._ordered(m, c.column, c.type)
         if op is Op.BETWEEN:
             low, high = (self._operand(m, c.column, v) for v in c.value)
-            return target.between(low, high)
+            # Not BETWEEN: SQLAlchemy binds text bounds as `$1::VARCHAR COLLATE "C"`,
+            # which PostgreSQL's grammar refuses as a lower bound of BETWEEN.
+            return sa.and_(target >= low, target <= high)
         value = self._operand(m, c.column, c.value)
         clause: sa.ColumnElement[bool]
         if op is Op.EQ:
@@ -659,6 +663,15 @@ class SQLAlchemyAdapter(Adapter):
             else:
                 olds = await self._locked(conn, m, entity, write)
                 if write.key is not None and not olds:
+                    if write.remember is not None:
+                        # Nothing is written, and this transaction commits: free the
+                        # key, or it would stay claimed with no answer to replay.
+                        await conn.execute(
+                            sa.delete(KEYS).where(
+                                KEYS.c.identity == write.remember.identity,
+                                KEYS.c.key == write.remember.key,
+                            )
+                        )
                     return None
                 changes = await self._change(conn, m, entity, write, olds)
             if write.bulk:
@@ -764,10 +777,22 @@ class SQLAlchemyAdapter(Adapter):
     # -- idempotency ----------------------------------------------------------------
 
     async def _ensure_keys_table(self) -> None:
-        if not self._keys_ready:
-            async with self.engine.begin() as conn:
-                await conn.run_sync(KEYS.create, checkfirst=True)
-            self._keys_ready = True
+        # Concurrent first uses must not race: two deferred SQLite transactions both
+        # creating it fail with "database is locked", and PostgreSQL refuses a second
+        # concurrent CREATE TABLE. One at a time here; the write lock across processes.
+        if self._keys_ready:
+            return
+        async with self._keys_lock:
+            for attempt in range(2):
+                if self._keys_ready:
+                    return
+                try:
+                    async with self._write("create") as conn:
+                        await conn.run_sync(KEYS.create, checkfirst=True)
+                    self._keys_ready = True
+                except OperationError:
+                    if attempt:  # not another process creating it at the same time
+                        raise
 
     async def remembered(self, remember: Remember) -> tuple[str, Any] | None:
         """The fingerprint and answer stored for a key, within its window."""
