@@ -454,10 +454,10 @@ async def test_missing_or_non_object_data_is_invalid_model(client: WSClient) -> 
             create["data"] = data
         await fails(client, create, "invalid_model")
     # A list of rows is a multi-row create; an update takes one object only.
-    for data in [None, [], [{"name": "Bob"}], "name=Bob", 5, True]:
+    for patch in [None, [], [{"name": "Bob"}], "name=Bob", 5, True]:
         update = request("update", "users", record_id=key)
-        if data is not None:
-            update["data"] = data
+        if patch is not None:
+            update["data"] = patch
         await fails(client, update, "invalid_model")
     # Explicit JSON null is "missing" too.
     await fails(client, request("create", "users", data=None), "invalid_model")
