@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -214,6 +214,76 @@ class _Mapping:
         ]
 
 
+class _Busy(Exception):  # noqa: N818 - a signal, not an error: fall back to the thread
+    """The inline connection would have to wait for a lock."""
+
+
+class _InlineReader:
+    """A read-only stdlib ``sqlite3`` connection used in the event loop's thread.
+
+    WAL readers never wait for writers; the rare read that would (a checkpoint, a
+    recovery) fails at once (timeout 0) and is retried through aiosqlite's thread.
+    Each read runs outside any transaction, so it sees every committed write.
+    """
+
+    def __init__(self, database: str) -> None:
+        path = database.removeprefix("file:").partition("?")[0]
+        self.engine = sa.create_engine(
+            "sqlite://",
+            creator=lambda: _readonly(path),
+            poolclass=sa.pool.StaticPool,
+        )
+        self._conn: sa.Connection | None = None
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[_InlineConnection]:
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        conn = self._conn
+        try:
+            yield _InlineConnection(conn)
+        except DBAPIError as exc:
+            conn.rollback()
+            if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+                raise _Busy from exc
+            raise
+        else:
+            conn.rollback()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self.engine.dispose()
+
+
+class _InlineConnection:
+    """Gives a sync connection the ``await conn.execute()`` shape; never yields."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, stmt: sa.Executable) -> sa.CursorResult[Any]:
+        return self._conn.execute(stmt)
+
+
+def _readonly(path: str) -> Any:
+    import sqlite3
+
+    conn = sqlite3.connect(
+        f"file:{path}?mode=ro",
+        uri=True,
+        timeout=0,
+        check_same_thread=False,
+        isolation_level=None,
+    )
+    conn.create_function("ws_like", 2, _sqlite_like, deterministic=True)
+    conn.create_function("ws_ilike", 2, _sqlite_ilike, deterministic=True)
+    return conn
+
+
 class SQLAlchemyAdapter(Adapter):
     """Serve SQLAlchemy 2 declarative models.
 
@@ -223,10 +293,18 @@ class SQLAlchemyAdapter(Adapter):
         sqlite_synchronous: ``PRAGMA synchronous`` for SQLite file databases:
             ``NORMAL`` (default, in WAL mode a power loss may lose the last commits
             but never corrupts) or ``FULL``.
+        inline_reads: for SQLite file databases, run reads on a read-only connection
+            in the event loop's own thread (a read by key takes tens of microseconds;
+            the hop to aiosqlite's thread alone costs about 200). A read that would
+            wait on a lock falls back to the thread at once.
     """
 
     def __init__(
-        self, engine: AsyncEngine | str, *, sqlite_synchronous: str = "NORMAL"
+        self,
+        engine: AsyncEngine | str,
+        *,
+        sqlite_synchronous: str = "NORMAL",
+        inline_reads: bool = True,
     ) -> None:
         self._owns_engine = isinstance(engine, str)
         self.engine: AsyncEngine = (
@@ -241,8 +319,17 @@ class SQLAlchemyAdapter(Adapter):
         self._keys_lock = asyncio.Lock()
         self.log: SQLAlchemyChangeLog | None = None
         """The change log, once a shared broker asked for one (:meth:`enable_log`)."""
+        self._inline: _InlineReader | None = None
         if self.dialect == "sqlite":
             self._install_sqlite_events()
+            database = self.engine.url.database
+            if (
+                inline_reads
+                and database
+                and database != ":memory:"
+                and "mode=memory" not in database
+            ):
+                self._inline = _InlineReader(database)
 
     # -- set-up -------------------------------------------------------------------
 
@@ -288,6 +375,8 @@ class SQLAlchemyAdapter(Adapter):
 
     async def stop(self) -> None:
         """Dispose of the engine if this adapter created it."""
+        if self._inline is not None:
+            self._inline.close()
         if self._owns_engine:
             await self.engine.dispose()
 
@@ -500,6 +589,15 @@ class SQLAlchemyAdapter(Adapter):
         self, entity: EntityInfo, query: ReadQuery
     ) -> tuple[list[Record], int]:
         """Read one page of rows and the total count."""
+        inline = self._inline
+        if inline is not None:
+            try:
+                with inline.reading() as sconn:
+                    return await self._page(sconn, entity, query)
+            except _Busy:
+                pass  # through aiosqlite's thread, below
+            except SQLAlchemyError as exc:
+                raise _operation_error("read", exc) from exc
         try:
             async with self.engine.connect() as conn:
                 return await self._page(conn, entity, query)
@@ -531,7 +629,7 @@ class SQLAlchemyAdapter(Adapter):
         return rows, total, position
 
     async def _page(
-        self, conn: AsyncConnection, entity: EntityInfo, query: ReadQuery
+        self, conn: Any, entity: EntityInfo, query: ReadQuery
     ) -> tuple[list[Record], int]:
         m = self._map(entity)
         where = self.where(m, query.where)
@@ -556,21 +654,35 @@ class SQLAlchemyAdapter(Adapter):
         where = self.where(m, query.where)
         if where is not None:
             stmt = stmt.where(where)
+        inline = self._inline
+        if inline is not None:
+            try:
+                with inline.reading() as conn:
+                    return await self._one(conn, stmt, query)
+            except _Busy:
+                pass  # through aiosqlite's thread, below
+            except SQLAlchemyError as exc:
+                raise _operation_error("read", exc) from exc
         try:
-            async with self.engine.connect() as conn:
-                found = (await conn.execute(stmt)).first()
-                if found is None:
-                    return None
-                row = self._row(found)
-                if query.preload:
-                    await self._preload(conn, [row], query.preload)
+            async with self.engine.connect() as aconn:
+                return await self._one(aconn, stmt, query)
         except SQLAlchemyError as exc:
             raise _operation_error("read", exc) from exc
+
+    async def _one(
+        self, conn: Any, stmt: sa.Select[Any], query: ReadQuery
+    ) -> Record | None:
+        found = (await conn.execute(stmt)).first()
+        if found is None:
+            return None
+        row = self._row(found)
+        if query.preload:
+            await self._preload(conn, [row], query.preload)
         return row
 
     async def _preload(
         self,
-        conn: AsyncConnection,
+        conn: Any,
         rows: list[Record],
         preloads: Sequence[PreloadQuery],
     ) -> None:
