@@ -16,10 +16,26 @@ ensure_node() {
       npm install --global --silent n >/dev/null && n 20 >/dev/null && hash -r
     fi
   fi
+  ensure_chromium
   local dir
   for dir in tests/js clients/js; do
     if [ -f "$dir/package-lock.json" ]; then
       (cd "$dir" && npm ci --silent --no-audit --no-fund)
     fi
   done
+}
+
+# ensure_chromium: Debian's Chromium for the TypeScript client's browser test (playwright-core
+# drives it; no browser is downloaded). Set CHROMIUM to use another binary.
+ensure_chromium() {
+  local chromium="${CHROMIUM:-/usr/bin/chromium}"
+  if [ -x "$chromium" ]; then
+    return
+  fi
+  if [ "$(id -u)" != 0 ] || [ -n "${CHROMIUM:-}" ]; then
+    echo "Chromium is needed for the browser test: apt-get install -y chromium (as root)," >&2
+    echo "or set CHROMIUM to a Chromium binary; none at $chromium" >&2
+    exit 1
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 }
