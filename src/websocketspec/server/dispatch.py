@@ -641,6 +641,16 @@ class Dispatcher:
             return
         key = sub.entity.key
         head = relay.positions.get(key, 0)
+        if sub.since > head:
+            # This process may not have heard of the latest changes yet (a client
+            # resuming here from another server's position): the log is the judge.
+            try:
+                logged = (await relay.log.positions()).get(key)
+            except Exception as exc:  # then the relay's head decides
+                log.warning("reading the stream's head failed", exc_info=exc)
+                logged = None
+            if logged is not None and (not epoch or logged[1] == epoch):
+                head = max(head, logged[0])
         changes: list[Change] = []
         reason: str | None = None
         if wanted and epoch and wanted != epoch:
