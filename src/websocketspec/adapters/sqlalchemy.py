@@ -797,7 +797,7 @@ class SQLAlchemyAdapter(Adapter):
             if write.remember is not None:
                 await self._remember(conn, write.remember, result)
             if self.log is not None:
-                changes = [await self.log.append(conn, c) for c in changes]
+                changes = await self.log.append(conn, changes)
         return result, changes
 
     async def _insert(

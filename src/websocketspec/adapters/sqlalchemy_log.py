@@ -84,6 +84,20 @@ def _dump(row: Record | None) -> str | None:
     return None if row is None else _encoder.encode(row).decode()
 
 
+INSTALL_LOCK = 0x77737370656331
+"""The PostgreSQL advisory lock that serialises creating the log's tables."""
+
+
+async def lock_install(conn: AsyncConnection) -> None:
+    """Serialise table creation between processes starting at once (``--workers``).
+
+    Without it, two ``CREATE TABLE`` of the same name race on a fresh database and
+    one process fails to start.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(INSTALL_LOCK)))
+
+
 def new_epoch() -> str:
     """A fresh epoch name."""
     return uuid.uuid4().hex
@@ -109,10 +123,13 @@ class SQLAlchemyChangeLog:
         self.dialect = engine.dialect.name
         self._resolve = resolve
         self.notify = notify if self.dialect == "postgresql" else None
+        self.appended: dict[str, int] = {}
+        """The last position each entity's writes in this process took."""
 
     async def install(self, entities: Sequence[EntityInfo]) -> None:
         """Create the tables when missing and a stream row for every entity."""
         async with self.engine.begin() as conn:
+            await lock_install(conn)
             await conn.run_sync(log_metadata.create_all, checkfirst=True)
         for entity in entities:
             await self._ensure_stream(entity.key)
@@ -130,44 +147,70 @@ class SQLAlchemyChangeLog:
         except IntegrityError:
             pass  # another process created it first
 
-    async def append(self, conn: AsyncConnection, change: Change) -> Change:
-        """Record a change inside the write's transaction; returns it with its position."""
-        if self.dialect == "postgresql":
-            # Capture triggers (deferred to commit) skip what the API records itself.
-            await conn.execute(
-                sa.select(sa.func.set_config("websocketspec.api", "on", True))
-            )
+    async def append(
+        self, conn: AsyncConnection, changes: Sequence[Change]
+    ) -> list[Change]:
+        """Record a transaction's changes of one entity; returns them with positions.
+
+        Two statements whatever the number of rows: one takes the sequence numbers
+        (and, on PostgreSQL, marks the transaction as the API's for capture triggers),
+        one writes the outbox rows (and, on PostgreSQL, signals the last position).
+        """
+        if not changes:
+            return []
+        entity = changes[0].entity
+        count = len(changes)
         stmt = (
             sa.update(STREAMS)
-            .where(STREAMS.c.entity == change.entity)
-            .values(seq=STREAMS.c.seq + 1)
+            .where(STREAMS.c.entity == entity)
+            .values(seq=STREAMS.c.seq + count)
             .returning(STREAMS.c.seq, STREAMS.c.epoch)
         )
+        if self.dialect == "postgresql":
+            # Capture triggers (deferred to commit) skip what the API records itself.
+            mark = sa.select(sa.func.set_config("websocketspec.api", "on", True))
+            stmt = stmt.where(mark.scalar_subquery().is_not(None))
         row = (await conn.execute(stmt)).first()
         if row is None:
             epoch = new_epoch()
             await conn.execute(
-                sa.insert(STREAMS).values(entity=change.entity, seq=1, epoch=epoch)
+                sa.insert(STREAMS).values(entity=entity, seq=count, epoch=epoch)
             )
-            seq = 1
+            last = count
         else:
-            seq, epoch = int(row[0]), str(row[1])
-        await conn.execute(
-            sa.insert(OUTBOX).values(
-                entity=change.entity,
-                seq=seq,
-                operation=change.operation,
-                old=_dump(change.old),
-                new=_dump(change.new),
-                txid=change.txid or None,
-                batch_index=change.batch_index if change.txid else None,
-                batch_size=change.batch_size if change.txid else None,
-            )
-        )
+            last, epoch = int(row[0]), str(row[1])
+        placed = [
+            replace(c, seq=last - count + 1 + i, epoch=epoch)
+            for i, c in enumerate(changes)
+        ]
+        # This process publishes these itself right after commit: the broker need not
+        # fetch them when their NOTIFY comes back (see PostgresBroker).
+        self.appended[entity] = max(self.appended.get(entity, 0), last)
+        rows = [
+            {
+                "entity": c.entity,
+                "seq": c.seq,
+                "operation": c.operation,
+                "old": _dump(c.old),
+                "new": _dump(c.new),
+                "txid": c.txid or None,
+                "batch_index": c.batch_index if c.txid else None,
+                "batch_size": c.batch_size if c.txid else None,
+            }
+            for c in placed
+        ]
+        insert = sa.insert(OUTBOX).values(rows)
         if self.notify is not None:
-            payload = f"{change.entity}:{seq}"
-            await conn.execute(sa.select(sa.func.pg_notify(self.notify, payload)))
-        return replace(change, seq=seq, epoch=epoch)
+            written = insert.returning(OUTBOX.c.seq).cte("written")
+            signal = sa.select(
+                sa.func.pg_notify(self.notify, f"{entity}:{last}")
+            ).where(
+                sa.select(sa.func.count()).select_from(written).scalar_subquery() > 0
+            )
+            await conn.execute(signal)
+        else:
+            await conn.execute(insert)
+        return placed
 
     async def position(self, conn: AsyncConnection, entity: str) -> tuple[int, str]:
         """The stream position of ``entity`` as ``conn``'s transaction sees it."""

@@ -105,8 +105,12 @@ class PostgresBroker(Broker):
         entity, _, seq = payload.rpartition(":")
         if not entity or not seq.isdigit():
             return
-        if int(seq) <= relay.positions.get(entity, 0):
+        position = int(seq)
+        if position <= relay.positions.get(entity, 0):
             return
+        own = getattr(relay.log, "appended", None)
+        if own is not None and position <= own.get(entity, 0):
+            return  # this process's own write: it is published right after commit
         relay.catch_up_soon(entity)
 
     async def _run(self) -> None:
