@@ -3,7 +3,9 @@
 Run ``python examples/quickstart.py`` and connect any WebSocket client. Options:
 ``--port N``, ``--host H`` and ``--database URL`` (``sqlite:///app.db`` by default;
 ``postgresql://user@127.0.0.1:5432/app`` works too). A new database starts with empty
-tables.
+tables. ``--orm django`` serves the same two entities, with the same wire behaviour,
+through Django's ORM (the models of ``examples/django_app/blog/models.py``) instead of
+SQLAlchemy's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ForeignKey, String
@@ -47,8 +50,51 @@ class Post(Base):
     user: Mapped[User] = relationship(back_populates="posts")
 
 
-def build(database: str, broker: str = "memory://") -> tuple[Handler, Any]:
-    """Create the handler for ``database`` with both models registered."""
+ORMS = ("sqlalchemy", "django")
+DJANGO_APP = Path(__file__).resolve().parent / "django_app"
+
+
+def setup_django(database: str) -> None:
+    """Configure Django for ``database`` with the example's ``blog`` app (once)."""
+    import django
+    from django.conf import settings
+
+    if settings.configured:
+        return
+    sys.path.insert(0, str(DJANGO_APP))
+    from project.database import database_settings
+
+    settings.configure(
+        DATABASES={"default": database_settings(database)},
+        INSTALLED_APPS=["blog"],
+        USE_TZ=True,
+        TIME_ZONE="UTC",
+        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+    )
+    django.setup()
+
+
+def build(
+    database: str, broker: str = "memory://", orm: str = "sqlalchemy"
+) -> tuple[Handler, Any]:
+    """Create the handler for ``database`` with both models registered.
+
+    Returns:
+        The handler and the SQLAlchemy engine to dispose of (``None`` for Django).
+    """
+    if orm == "django":
+        setup_django(database)
+        from blog.models import Post as DjangoPost
+        from blog.models import User as DjangoUser
+
+        from websocketspec.adapters.django import DjangoAdapter
+
+        handler = Handler(DjangoAdapter(), broker=broker_from_url(broker))
+        handler.registry.register_model("public.users", DjangoUser)
+        handler.registry.register_model("public.posts", DjangoPost)
+        return handler, None
+    if orm != "sqlalchemy":
+        raise ValueError(f"expected --orm to be one of {', '.join(ORMS)}, got {orm!r}")
     engine = create_engine(database)
     handler = Handler(SQLAlchemyAdapter(engine), broker=broker_from_url(broker))
     handler.registry.register_model("public.users", User)
@@ -56,9 +102,13 @@ def build(database: str, broker: str = "memory://") -> tuple[Handler, Any]:
     return handler, engine
 
 
-def app(database: str = "sqlite:///app.db", broker: str = "memory://") -> Any:
+def app(
+    database: str = "sqlite:///app.db",
+    broker: str = "memory://",
+    orm: str = "sqlalchemy",
+) -> Any:
     """An ASGI app serving the handler at ``/ws``; creates the tables on startup."""
-    handler, engine = build(database, broker)
+    handler, engine = build(database, broker, orm)
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -70,11 +120,11 @@ def app(database: str = "sqlite:///app.db", broker: str = "memory://") -> Any:
 
     @contextlib.asynccontextmanager
     async def running() -> AsyncIterator[None]:
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+        await create_tables(database, orm)
         async with handler.lifespan():
             yield
-        await engine.dispose()
+        if engine is not None:
+            await engine.dispose()
 
     async def _lifespan(receive: Any, send: Any) -> None:
         stack = contextlib.AsyncExitStack()
@@ -92,8 +142,26 @@ def app(database: str = "sqlite:///app.db", broker: str = "memory://") -> Any:
     return asgi
 
 
-async def create_tables(database: str) -> None:
+def _create_django_tables() -> None:
+    from blog.models import Post as DjangoPost
+    from blog.models import User as DjangoUser
+    from django.db import connection
+
+    existing = set(connection.introspection.table_names())
+    with connection.schema_editor() as editor:
+        for model in (DjangoUser, DjangoPost):
+            if model._meta.db_table not in existing:
+                editor.create_model(model)
+
+
+async def create_tables(database: str, orm: str = "sqlalchemy") -> None:
     """Create the quickstart's tables when missing."""
+    if orm == "django":
+        from asgiref.sync import sync_to_async
+
+        setup_django(database)
+        await sync_to_async(_create_django_tables, thread_sensitive=True)()
+        return
     engine = create_engine(database)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
@@ -105,8 +173,8 @@ async def serve_direct(args: argparse.Namespace) -> None:
     from websocketspec.server.direct import DirectServer
 
     if not args.worker:
-        await create_tables(args.database)
-    handler, engine = build(args.database, args.broker)
+        await create_tables(args.database, args.orm)
+    handler, engine = build(args.database, args.broker, args.orm)
     server = DirectServer(
         handler,
         args.host,
@@ -117,7 +185,8 @@ async def serve_direct(args: argparse.Namespace) -> None:
         reuse_port=args.worker,
     )
     await server.serve_forever()
-    await engine.dispose()
+    if engine is not None:
+        await engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,6 +197,12 @@ def main(argv: list[str] | None = None) -> None:
         "--database",
         default="sqlite:///app.db",
         help="database URL (default: sqlite:///app.db)",
+    )
+    parser.add_argument(
+        "--orm",
+        choices=ORMS,
+        default="sqlalchemy",
+        help="the ORM serving the models: sqlalchemy (default) or django",
     )
     parser.add_argument(
         "--broker",
@@ -160,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         from websocketspec.cli.main import run
         from websocketspec.cli.workers import supervise
 
-        run(lambda: create_tables(args.database))
+        run(lambda: create_tables(args.database, args.orm))
         print(
             f"websocketspec quickstart: {args.workers} workers at "
             f"ws://{args.host}:{args.port}/ws on {args.database}, broker {args.broker}",
@@ -171,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(supervise(worker, args.workers))
     if not args.worker:
         print(
-            f"websocketspec quickstart: ws://{args.host}:{args.port}/ws on {args.database}",
+            f"websocketspec quickstart: ws://{args.host}:{args.port}/ws on {args.database}"
+            + (f" ({args.orm})" if args.orm != "sqlalchemy" else ""),
             flush=True,
         )
     if not args.asgi:
@@ -183,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     uvicorn.run(
-        app(args.database, args.broker),
+        app(args.database, args.broker, args.orm),
         host=args.host,
         port=args.port,
         ws="websockets-sansio",

@@ -555,7 +555,9 @@ async def test_idle_timeout_spares_requests_in_flight_and_listening_subscribers(
     reader = await connect()
     listener = await connect()
     await listener.subscribe("users")
-    answer = asyncio.ensure_future(reader.request("read", "users", options={"limit": 7}))
+    answer = asyncio.ensure_future(
+        reader.request("read", "users", options={"limit": 7})
+    )
     writer = await connect()
     started = time.monotonic()
     while time.monotonic() - started < 0.9:  # three idle timeouts

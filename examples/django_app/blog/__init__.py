@@ -1,0 +1,1 @@
+"""The quickstart's two models as a Django app."""

@@ -1,0 +1,1 @@
+"""A minimal Django project serving the quickstart's models over websocketspec."""

@@ -1,0 +1,1 @@
+"""A Django app holding the conformance suite's models (users, posts, things)."""
