@@ -1,0 +1,1 @@
+"""Benchmarks of websocketspec against a raw websockets baseline (see README.md)."""

@@ -1,0 +1,1 @@
+"""The raw baselines: plain websockets servers with no framework."""
