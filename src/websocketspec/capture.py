@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from websocketspec.adapters.sqlalchemy import create_engine
-from websocketspec.adapters.sqlalchemy_log import log_metadata
+from websocketspec.adapters.sqlalchemy_log import lock_install, log_metadata
 from websocketspec.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ async def install(
     done: list[str] = []
     try:
         async with engine.begin() as conn:
+            await lock_install(conn)
             await conn.run_sync(log_metadata.create_all, checkfirst=True)
             await conn.exec_driver_sql(FUNCTION)
             for table in tables:

@@ -149,6 +149,12 @@ class RedisBroker(Broker):
         except msgspec.DecodeError:
             log.warning("ignored a malformed message on %s", self.channel)
             return
+        known = relay.epochs.get(wire.entity)
+        if known and wire.epoch != known:
+            # Not this log's history: another deployment on the same channel (pub/sub
+            # ignores the database number), or one replaced since, which the next
+            # sweep of the log finds and resets. Never deliver it as ours.
+            return
         if wire.seq <= relay.positions.get(wire.entity, 0):
             return
         relay.offer(

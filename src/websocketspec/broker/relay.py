@@ -150,16 +150,22 @@ class Relay:
             try:
                 while True:
                     last = self.positions.get(entity, 0)
+                    # Held before the read: committed before it, so it must see them.
+                    held = set(self._early.get(entity, ()))
                     low, changes = await self.log.changes_since(
                         entity, last, self.batch
                     )
                     # The broker may have delivered more while the log was read.
                     last = self.positions.get(entity, 0)
                     if not changes:
-                        if self._early.get(entity):
-                            self._lost(entity, min(self._early[entity]) - 1)
+                        early = self._early.get(entity, {})
+                        missing = [seq for seq in held if seq in early]
+                        if missing:
+                            self._lost(entity, min(missing) - 1)
                             self._drain(entity)
                             continue
+                        if early:
+                            continue  # arrived during the read: read again
                         if until > last:
                             self._lost(entity, until)
                         return
