@@ -388,39 +388,52 @@ class Handler:
                     await writer
 
     async def _reader(self, conn: Connection, next_frame: FrameSource) -> None:
-        config = self.config
-        slots = asyncio.Semaphore(config.max_in_flight)
+        """Read until the client goes, the server closes, or the idle timeout.
+
+        The close watch is armed once per connection, not per frame: the read loop
+        runs as a task that is cancelled when the server decides to close.
+        """
+        reading = asyncio.ensure_future(self._read_loop(conn, next_frame))
         closing = asyncio.ensure_future(conn.closing.wait())
         try:
-            while True:
-                receiving = asyncio.ensure_future(next_frame())
-                while True:
-                    done, _ = await asyncio.wait(
-                        {receiving, closing},
-                        timeout=config.idle_timeout,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    if done or self._idle(conn):
-                        break
-                # Once closing, a frame that arrived meanwhile is not run: its answer
-                # could no longer be sent, so a write would commit unacknowledged.
-                # (The state, not `closing`: that task may not have run yet.)
-                if receiving not in done or conn.state is not State.OPEN:
-                    receiving.cancel()
-                    if not done:
-                        conn.close(1000, "idle timeout")
-                    return
-                frame = receiving.result()
-                if frame is None:
-                    conn.state = State.CLOSED
-                    return
-                conn.received += 1
-                conn.last_activity = time.monotonic()
-                for item in self._items(conn, frame):
-                    await slots.acquire()
-                    self._spawn(conn, item, slots)
+            await asyncio.wait({reading, closing}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             closing.cancel()
+            if not reading.done():
+                reading.cancel()
+            with suppress(asyncio.CancelledError):
+                await reading
+
+    async def _read_loop(self, conn: Connection, next_frame: FrameSource) -> None:
+        config = self.config
+        slots = asyncio.Semaphore(config.max_in_flight)
+        idle = config.idle_timeout
+        while True:
+            if idle is None:
+                frame = await next_frame()
+            else:
+                receiving = asyncio.ensure_future(next_frame())
+                while True:
+                    done, _ = await asyncio.wait({receiving}, timeout=idle)
+                    if done or self._idle(conn):
+                        break
+                if not done:
+                    receiving.cancel()
+                    conn.close(1000, "idle timeout")
+                    return
+                frame = receiving.result()
+            if frame is None:
+                conn.state = State.CLOSED
+                return
+            # Once closing, a frame that arrived meanwhile is not run: its answer could
+            # no longer be sent, so a write would commit unacknowledged.
+            if conn.state is not State.OPEN:
+                return
+            conn.received += 1
+            conn.last_activity = time.monotonic()
+            for item in self._items(conn, frame):
+                await slots.acquire()
+                self._spawn(conn, item, slots)
 
     def _idle(self, conn: Connection) -> bool:
         """Whether a connection has had no traffic either way for ``idle_timeout``.
