@@ -26,7 +26,7 @@ from typing import Any
 from websocketspec.adapters.base import Change
 from websocketspec.exceptions import HookError, ProtocolError
 from websocketspec.hooks import HookContext, HookRegistry, HookType
-from websocketspec.protocol.codec import now
+from websocketspec.protocol.codec import encode, now
 from websocketspec.protocol.filters import Condition, Expr, Group, Op, matches
 from websocketspec.protocol.messages import QueryOptions
 from websocketspec.query import project
@@ -265,8 +265,38 @@ class Fanout:
         )
 
     def _deliver_sync(self, change: Change) -> None:
-        for sub, operation, row, meta in self._matches(change):
-            self._send(sub, operation, row, meta, change.seq)
+        # Encode once per shape, not once per subscriber: subscribers told the same
+        # thing (same operation and change, same columns) share one encoded body, and
+        # only their subscription_id is spliced in front of it.
+        stamp = now()
+        bodies: dict[tuple[str, Any, tuple[str, ...] | None], str] = {}
+        for sub in list(self.table.candidates(change)):
+            prepared = prepare(sub, change)
+            if prepared is None:
+                continue
+            operation, data, meta = prepared
+            conn = sub.connection
+            if sub.held is not None or sub.id not in conn.subscriptions:
+                self._send(sub, operation, data, meta, change.seq)
+                continue
+            shape = (operation, meta.get("change"), sub.columns)
+            body = bodies.get(shape)
+            if body is None:
+                body = bodies[shape] = encode(
+                    {
+                        "schema": sub.entity.schema,
+                        "entity": sub.entity.name,
+                        "data": data,
+                        "metadata": meta,
+                        "timestamp": stamp,
+                    }
+                )[1:]
+            # Subscription ids are "sub-" and hex digits: nothing to escape.
+            conn.send_text(
+                f'{{"type":"notification","operation":"{operation}",'
+                f'"subscription_id":"{sub.id}",{body}'
+            )
+            self.delivered += 1
 
     def _matches(
         self, change: Change
