@@ -5,7 +5,7 @@ Run ``python examples/quickstart.py`` and connect any WebSocket client. Options:
 ``postgresql://user@127.0.0.1:5432/app`` works too). A new database starts with empty
 tables. ``--orm django`` serves the same two entities, with the same wire behaviour,
 through Django's ORM (the models of ``examples/django_app/blog/models.py``) instead of
-SQLAlchemy's.
+SQLAlchemy's; ``--orm tortoise`` through Tortoise ORM (``examples/tortoise_app/``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Post(Base):
     user: Mapped[User] = relationship(back_populates="posts")
 
 
-ORMS = ("sqlalchemy", "django")
+ORMS = ("sqlalchemy", "django", "tortoise")
 DJANGO_APP = Path(__file__).resolve().parent / "django_app"
 
 
@@ -93,6 +93,11 @@ def build(
         handler.registry.register_model("public.users", DjangoUser)
         handler.registry.register_model("public.posts", DjangoPost)
         return handler, None
+    if orm == "tortoise":
+        from tortoise_app.app import build as build_tortoise
+
+        # The models are registered once Tortoise is initialised (see opened()).
+        return build_tortoise(broker_from_url(broker)), None
     if orm != "sqlalchemy":
         raise ValueError(f"expected --orm to be one of {', '.join(ORMS)}, got {orm!r}")
     engine = create_engine(database)
@@ -121,7 +126,7 @@ def app(
     @contextlib.asynccontextmanager
     async def running() -> AsyncIterator[None]:
         await create_tables(database, orm)
-        async with handler.lifespan():
+        async with opened(handler, database, orm), handler.lifespan():
             yield
         if engine is not None:
             await engine.dispose()
@@ -154,8 +159,25 @@ def _create_django_tables() -> None:
                 editor.create_model(model)
 
 
+@contextlib.asynccontextmanager
+async def opened(handler: Handler, database: str, orm: str) -> AsyncIterator[None]:
+    """Initialise an ORM that is async (Tortoise) and register its models; close it after."""
+    if orm != "tortoise":
+        yield
+        return
+    from tortoise_app.app import serving
+
+    async with serving(handler, database):
+        yield
+
+
 async def create_tables(database: str, orm: str = "sqlalchemy") -> None:
     """Create the quickstart's tables when missing."""
+    if orm == "tortoise":
+        from tortoise_app.app import create_tables as create_tortoise_tables
+
+        await create_tortoise_tables(database)
+        return
     if orm == "django":
         from asgiref.sync import sync_to_async
 
@@ -184,7 +206,8 @@ async def serve_direct(args: argparse.Namespace) -> None:
         ping_timeout=20.0,
         reuse_port=args.worker,
     )
-    await server.serve_forever()
+    async with opened(handler, args.database, args.orm):
+        await server.serve_forever()
     if engine is not None:
         await engine.dispose()
 
@@ -202,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         "--orm",
         choices=ORMS,
         default="sqlalchemy",
-        help="the ORM serving the models: sqlalchemy (default) or django",
+        help="the ORM serving the models: sqlalchemy (default), django or tortoise",
     )
     parser.add_argument(
         "--broker",

@@ -12,6 +12,7 @@ source scripts/lib/node.sh
 
 ensure_venv '.[dev]'
 ensure_postgres
+source scripts/lib/mariadb.sh; ensure_mariadb
 ensure_node
 
 echo "== ruff"

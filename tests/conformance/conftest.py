@@ -1,7 +1,8 @@
 """The adapter conformance suite's fixtures: one handler per adapter and database.
 
 Every test of ``test_conformance.py`` runs once per ``adapter_kind`` and ``backend``
-(SQLite file, PostgreSQL database). An adapter plugs in by adding one
+(SQLite file, PostgreSQL database, and MariaDB database for adapters that list it in
+their ``databases``). An adapter plugs in by adding one
 :class:`AdapterFactory` to :data:`ADAPTERS`: a name and an async context manager that,
 given a database URL and a :class:`~websocketspec.Config`, creates empty ``users``,
 ``posts`` and ``things`` tables (the columns of ``tests/support/models.py``) in that
@@ -16,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -37,6 +39,8 @@ class AdapterFactory:
     name: str
     open: Callable[[str, Config], AbstractAsyncContextManager[Handler]]
     """``open(database_url, config)``: empty tables, a handler with the three models."""
+    databases: tuple[str, ...] = ("sqlite", "postgresql")
+    """The backends it is tested on: ``sqlite``, ``postgresql``, ``mariadb``."""
 
 
 # -- SQLAlchemy -------------------------------------------------------------------------
@@ -155,9 +159,62 @@ async def django_handler(url: str, config: Config) -> AsyncIterator[Handler]:
         del connections.databases[alias]
 
 
+# -- Tortoise ------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def tortoise_handler(url: str, config: Config) -> AsyncIterator[Handler]:
+    """A Tortoise context of the test's own, with Tortoise's tables for the three models."""
+    from tortoise.context import TortoiseContext
+
+    from tests.conformance import tortoise_models
+    from websocketspec.adapters.tortoise import TortoiseAdapter, tortoise_url
+
+    # A connection name per database: Tortoise caches its own statements per name.
+    connection = f"conformance_{urlsplit(url).scheme}"
+    context = TortoiseContext()
+    try:
+        # Tortoise resolves models through the current context while it initialises.
+        with context:
+            async with asyncio.timeout(TIMEOUT):
+                await context.init(
+                    config={
+                        "connections": {connection: tortoise_url(url)},
+                        "apps": {
+                            "models": {
+                                "models": [tortoise_models.__name__],
+                                "default_connection": connection,
+                            }
+                        },
+                    }
+                )
+                client = context.connections.get(connection)
+                cascade = (
+                    " CASCADE" if client.capabilities.dialect == "postgres" else ""
+                )
+                for table in ("posts", "users", "things"):
+                    await client.execute_script(
+                        f'DROP TABLE IF EXISTS "{table}"{cascade}'
+                    )
+                await context.generate_schemas(safe=False)
+        handler = Handler(TortoiseAdapter(connection, context=context), config=config)
+        for name, model in tortoise_models.MODELS.items():
+            handler.registry.register_model(name, model, bulk=name == "public.users")
+        try:
+            yield handler
+        finally:
+            await handler.stop()
+    finally:
+        async with asyncio.timeout(TIMEOUT):
+            await context.close_connections()
+
+
 ADAPTERS: list[AdapterFactory] = [
-    AdapterFactory("sqlalchemy", sqlalchemy_handler),
+    AdapterFactory(
+        "sqlalchemy", sqlalchemy_handler, ("sqlite", "postgresql", "mariadb")
+    ),
     AdapterFactory("django", django_handler),
+    AdapterFactory("tortoise", tortoise_handler),
 ]
 """Every adapter the suite runs against: add one factory to test a new adapter."""
 
@@ -165,10 +222,44 @@ ADAPTERS: list[AdapterFactory] = [
 # -- fixtures -----------------------------------------------------------------------------
 
 
-@pytest.fixture(params=ADAPTERS, ids=[a.name for a in ADAPTERS])
-def adapter_kind(request: pytest.FixtureRequest) -> AdapterFactory:
-    factory: AdapterFactory = request.param
-    return factory
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test that uses ``adapter_kind`` once per adapter and database it supports.
+
+    As if the test were marked ``parametrize(("adapter_kind", "backend"), …)``: the
+    mark, added before pytest's own hooks run (``tryfirst``) and applied by them, also
+    keeps the root conftest's ``backend`` params off these tests. Tests without an
+    adapter keep those params.
+    """
+    if "adapter_kind" in metafunc.fixturenames:
+        pairs = [
+            pytest.param(a, db, id=f"{a.name}-{db}")
+            for a in ADAPTERS
+            for db in a.databases
+        ]
+        metafunc.definition.add_marker(
+            pytest.mark.parametrize(("adapter_kind", "backend"), pairs)
+        )
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    """A MariaDB database of this test session's own."""
+    from tests.support.mariadb import create_database, drop_database
+
+    url = asyncio.run(create_database())
+    yield url
+    asyncio.run(drop_database(url))
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The root conftest's database, and MariaDB (overrides the root conftest's)."""
+    if backend == "mariadb":
+        return str(request.getfixturevalue("mariadb_url"))
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

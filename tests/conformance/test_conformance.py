@@ -1056,7 +1056,7 @@ async def test_sql_filtering_equals_subscription_matching(
 # -- the quickstart, served by each ORM -------------------------------------------------
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.py"
-QUICKSTART_ORMS = ["sqlalchemy", "django"]
+QUICKSTART_ORMS = ["sqlalchemy", "django", "tortoise"]
 """The quickstart's ``--orm`` choices, each held to ``sqlalchemy``'s answers."""
 STARTUP_TIMEOUT = 60.0
 

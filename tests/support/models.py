@@ -7,8 +7,25 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, LargeBinary, Numeric, String, Text, Uuid
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    Time,
+    Uuid,
+)
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# MariaDB/MySQL keep no fraction of a second unless asked: elsewhere these are the
+# types SQLAlchemy picks for the annotations anyway.
+MYSQL = ("mysql", "mariadb")
+DATETIME = DateTime().with_variant(mysql.DATETIME(fsp=6), *MYSQL)
+TIME = Time().with_variant(mysql.TIME(fsp=6), *MYSQL)
 
 
 class Base(DeclarativeBase):
@@ -52,8 +69,8 @@ class Thing(Base):
     body: Mapped[str | None] = mapped_column(Text)
     flag: Mapped[bool | None]
     day: Mapped[dt.date | None]
-    moment: Mapped[dt.datetime | None]
-    clock: Mapped[dt.time | None]
+    moment: Mapped[dt.datetime | None] = mapped_column(DATETIME)
+    clock: Mapped[dt.time | None] = mapped_column(TIME)
     doc: Mapped[Any] = mapped_column(JSON, nullable=True)
     blob: Mapped[bytes | None] = mapped_column(LargeBinary)
 

@@ -1,4 +1,6 @@
-"""The SQLAlchemy 2 (async) adapter: SQLite through aiosqlite, PostgreSQL through asyncpg.
+"""The SQLAlchemy 2 (async) adapter: SQLite, PostgreSQL, MariaDB/MySQL.
+
+Plain URLs get an async driver: aiosqlite, asyncpg, asyncmy (:func:`async_url`).
 
 Reads and writes use SQLAlchemy Core on the mapped tables (no ORM sessions on the hot
 path). The same filter semantics as the in-memory matcher are enforced per dialect:
@@ -11,6 +13,13 @@ path). The same filter semantics as the in-memory matcher are enforced per diale
   in WAL mode with ``synchronous=NORMAL`` by default (``synchronous="FULL"`` for full
   durability on power loss), foreign keys on, and writes take the lock up front
   (``BEGIN IMMEDIATE``) so that read-then-write transactions never dead-end.
+- MariaDB/MySQL: text compares by code point and ``ilike`` folds like Python whatever
+  the columns' collation (:mod:`websocketspec.adapters.sqlalchemy_mysql`); NULLs are
+  ordered by ``col IS NULL`` first (no ``NULLS LAST``); writes run at READ COMMITTED
+  (no gap locks, as on PostgreSQL) and re-read their rows in the same transaction where
+  the server has no ``RETURNING`` (``UPDATE`` on MariaDB, both on MySQL); every
+  ``DATETIME`` holds UTC (the type has no time zone), declare ``DATETIME(fsp=6)`` and
+  ``TIME(fsp=6)`` to keep microseconds.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("sqlalchemy", "sqlalchemy") from exc
 
+from websocketspec.adapters import sqlalchemy_mysql as mysql
 from websocketspec.adapters.sqlalchemy_log import KEYS, SQLAlchemyChangeLog
 
 __all__ = ["SQLAlchemyAdapter", "async_url", "create_engine"]
@@ -79,14 +89,18 @@ _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mariadb+asyncmy",
 }
 
 
 def async_url(url: str) -> str:
     """Turn a plain database URL into one naming an async driver.
 
-    ``sqlite:///app.db`` becomes ``sqlite+aiosqlite:///app.db`` and ``postgresql://…``
-    becomes ``postgresql+asyncpg://…``; a URL that already names a driver is kept.
+    ``sqlite:///app.db`` becomes ``sqlite+aiosqlite:///app.db``, ``postgresql://…``
+    becomes ``postgresql+asyncpg://…`` and ``mysql://…`` (``mariadb://…``)
+    ``mysql+asyncmy://…`` (``mariadb+asyncmy://…``, which also checks that the server
+    is MariaDB); a URL that already names a driver is kept.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
@@ -106,8 +120,16 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(async_url(url), **kwargs)
 
 
+def _stored_type(column: sa.Column[Any]) -> sa.types.TypeEngine[Any]:
+    """The type the database stores, under any TypeDecorator (SQLModel's AutoString)."""
+    t: sa.types.TypeEngine[Any] = column.type
+    while isinstance(t, sa.types.TypeDecorator):
+        t = t.impl_instance
+    return t
+
+
 def _portable_type(column: sa.Column[Any]) -> ColumnType:
-    t = column.type
+    t = _stored_type(column)
     if isinstance(t, sa.Boolean):
         return ColumnType.BOOLEAN
     if isinstance(t, sa.Integer):
@@ -160,7 +182,7 @@ def _default(column: sa.Column[Any]) -> tuple[Any, bool]:
     if (
         column.primary_key
         and column.autoincrement in (True, "auto")
-        and isinstance(column.type, sa.Integer)
+        and isinstance(_stored_type(column), sa.Integer)
     ):
         table = column.table
         single = len(table.primary_key.columns) == 1 if table is not None else True
@@ -169,15 +191,16 @@ def _default(column: sa.Column[Any]) -> tuple[Any, bool]:
 
 
 def _max_length(column: sa.Column[Any]) -> int | None:
-    length = getattr(column.type, "length", None)
-    if isinstance(column.type, sa.String) and isinstance(length, int):
+    t = _stored_type(column)
+    length = getattr(t, "length", None)
+    if isinstance(t, sa.String) and isinstance(length, int):
         return length
     return None
 
 
 def _bounds(column: sa.Column[Any]) -> tuple[Any, Any] | None:
     """The range a whole or fixed-point number column holds, as declared."""
-    t = column.type
+    t = _stored_type(column)
     if isinstance(t, sa.SmallInteger):
         return -(2**15), 2**15 - 1
     if isinstance(t, sa.BigInteger):
@@ -198,15 +221,29 @@ def _bounds(column: sa.Column[Any]) -> tuple[Any, Any] | None:
 class _Mapping:
     """Per-entity SQL objects: the table and the wire-name to column map."""
 
-    __slots__ = ("columns", "naive", "selectable", "table")
+    __slots__ = ("by_key", "columns", "naive", "selectable", "table")
 
-    def __init__(self, table: sa.Table, columns: dict[str, sa.Column[Any]]) -> None:
+    def __init__(
+        self,
+        table: sa.Table,
+        columns: dict[str, sa.Column[Any]],
+        *,
+        zoneless: bool = False,
+    ) -> None:
         self.table = table
         self.columns = columns
+        self.by_key: sa.Select[Any] | None = None
+        # ``zoneless``: the database keeps no time zone even where the model asks for
+        # one (MariaDB/MySQL DATETIME): store every datetime as naive UTC, unless a
+        # TypeDecorator binds it (SQLModel's UTCDateTime refuses naive values).
         self.naive = frozenset(
             name
             for name, col in columns.items()
-            if isinstance(col.type, sa.DateTime) and not col.type.timezone
+            if isinstance(t := _stored_type(col), sa.DateTime)
+            and (
+                not t.timezone
+                or (zoneless and not isinstance(col.type, sa.types.TypeDecorator))
+            )
         )
         self.selectable = [
             col.label(name) if col.key != name or col.name != name else col
@@ -265,8 +302,10 @@ class _InlineConnection:
     def __init__(self, conn: sa.Connection) -> None:
         self._conn = conn
 
-    async def execute(self, stmt: sa.Executable) -> sa.CursorResult[Any]:
-        return self._conn.execute(stmt)
+    async def execute(
+        self, stmt: sa.Executable, params: dict[str, Any] | None = None
+    ) -> sa.CursorResult[Any]:
+        return self._conn.execute(stmt, params)
 
 
 def _readonly(path: str) -> Any:
@@ -319,6 +358,13 @@ class SQLAlchemyAdapter(Adapter):
         self._keys_lock = asyncio.Lock()
         self.log: SQLAlchemyChangeLog | None = None
         """The change log, once a shared broker asked for one (:meth:`enable_log`)."""
+        # Reads need no transaction: on PostgreSQL one costs a BEGIN and a ROLLBACK
+        # round trip around every SELECT.
+        self._reads: AsyncEngine = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect == "postgresql"
+            else self.engine
+        )
         self._inline: _InlineReader | None = None
         if self.dialect == "sqlite":
             self._install_sqlite_events()
@@ -372,6 +418,11 @@ class SQLAlchemyAdapter(Adapter):
             await log.install(entities)
             self.log = log
         return self.log
+
+    async def start(self) -> None:
+        """Build MariaDB/MySQL's case tables for ``ilike`` off the event loop."""
+        if self.dialect in mysql.DIALECTS:
+            await asyncio.to_thread(mysql.prepare)
 
     async def stop(self) -> None:
         """Dispose of the engine if this adapter created it."""
@@ -434,7 +485,11 @@ class SQLAlchemyAdapter(Adapter):
                     remote_columns=remote,
                 )
             )
-        self._maps[id(model)] = _Mapping(table, {by_column[c]: c for c in by_column})
+        self._maps[id(model)] = _Mapping(
+            table,
+            {by_column[c]: c for c in by_column},
+            zoneless=self.dialect in mysql.DIALECTS,
+        )
         return ModelDescription(columns=tuple(infos), relations=tuple(relations))
 
     def _map(self, entity: EntityInfo) -> _Mapping:
@@ -455,7 +510,7 @@ class SQLAlchemyAdapter(Adapter):
         PostgreSQL rounds so on store; SQLite keeps a double of the value as sent and
         rounds only on read, so filters would compare a value that no row shows.
         """
-        column_type = m.columns[name].type
+        column_type = _stored_type(m.columns[name])
         scale = getattr(column_type, "scale", None)
         if (
             isinstance(value, Decimal)
@@ -482,7 +537,39 @@ class SQLAlchemyAdapter(Adapter):
         column: sa.ColumnElement[Any] = m.columns[name]
         if self.dialect == "postgresql" and ctype in TEXT_TYPES:
             return column.collate("C")
+        if self.dialect in mysql.DIALECTS:
+            if ctype in TEXT_TYPES:
+                return mysql.binary_text(column)
+            if ctype is ColumnType.UUID:
+                return mysql.uuid_text(column)
         return column
+
+    def _exact(
+        self, m: _Mapping, name: str, ctype: ColumnType
+    ) -> sa.ColumnElement[Any]:
+        """The column as (in)equality sees it: text by its code points on MariaDB/MySQL."""
+        column: sa.ColumnElement[Any] = m.columns[name]
+        if self.dialect in mysql.DIALECTS and ctype in TEXT_TYPES:
+            return mysql.binary_text(column)
+        return column
+
+    def _equal(
+        self, m: _Mapping, name: str, ctype: ColumnType, values: list[Any]
+    ) -> sa.ColumnElement[bool]:
+        """``column`` equals one of ``values``, text compared by code point."""
+        column = m.columns[name]
+        plain = column == values[0] if len(values) == 1 else column.in_(values)
+        exact = self._exact(m, name, ctype)
+        if exact is column:
+            return plain
+        exact_test = exact == values[0] if len(values) == 1 else exact.in_(values)
+        if not all(isinstance(v, str) and v.isascii() for v in values):
+            # A character the column's character set lacks (latin1, utf8mb3) would
+            # make the plain test an "illegal mix of collations" error.
+            return exact_test
+        # The plain test narrows through an index under the column's own collation;
+        # the exact one drops what that collation merely deems equal ('a' = 'A ').
+        return sa.and_(plain, exact_test)
 
     def where(self, m: _Mapping, expr: Expr | None) -> sa.ColumnElement[bool] | None:
         """Translate a filter expression into a SQL condition."""
@@ -521,14 +608,22 @@ class SQLAlchemyAdapter(Adapter):
         if op in (Op.IN, Op.NOT_IN):
             values = [self._operand(m, c.column, v) for v in c.value]
             if op is Op.IN:
-                return column.in_(values) if values else sa.false()
+                return (
+                    self._equal(m, c.column, c.type, values) if values else sa.false()
+                )
             # NOT IN () is true even for NULL in SQL; the contract says NULL never matches.
-            return column.not_in(values) if values else column.is_not(None)
+            if not values:
+                return column.is_not(None)
+            return self._exact(m, c.column, c.type).not_in(values)
         if op in (Op.LIKE, Op.ILIKE, Op.CONTAINS, Op.STARTSWITH, Op.ENDSWITH):
             pattern = like_pattern(op, c.value)
             if self.dialect == "sqlite":
                 fn = sa.func.ws_ilike if op is Op.ILIKE else sa.func.ws_like
                 return fn(column, pattern) == 1
+            if self.dialect in mysql.DIALECTS:
+                if op is Op.ILIKE:
+                    return mysql.ilike(column, pattern)
+                return mysql.bin_collated(column).like(pattern, escape="\\")
             if op is Op.ILIKE:
                 folded = (
                     sa.func.lower(column.collate("und-x-icu"))
@@ -546,9 +641,9 @@ class SQLAlchemyAdapter(Adapter):
         value = self._operand(m, c.column, c.value)
         clause: sa.ColumnElement[bool]
         if op is Op.EQ:
-            clause = column == value
+            clause = self._equal(m, c.column, c.type, [value])
         elif op is Op.NEQ:
-            clause = column != value
+            clause = self._exact(m, c.column, c.type) != value
         elif op is Op.GT:
             clause = target > value
         elif op is Op.GTE:
@@ -565,6 +660,13 @@ class SQLAlchemyAdapter(Adapter):
         out: list[sa.ColumnElement[Any]] = []
         for name, descending in sort:
             column = self._ordered(m, name, entity.column_types[name])
+            if self.dialect in mysql.DIALECTS:
+                # No NULLS FIRST/LAST there, and NULL sorts lowest: order by IS NULL first.
+                if m.columns[name].nullable:
+                    is_null = m.columns[name].is_(None)
+                    out.append(is_null.desc() if descending else is_null.asc())
+                out.append(column.desc() if descending else column.asc())
+                continue
             out.append(
                 column.desc().nulls_first() if descending else column.asc().nulls_last()
             )
@@ -578,7 +680,9 @@ class SQLAlchemyAdapter(Adapter):
     ) -> sa.ColumnElement[bool]:
         return sa.and_(
             *(
-                m.columns[name] == self._operand(m, name, value)
+                self._equal(
+                    m, name, entity.column_types[name], [self._operand(m, name, value)]
+                )
                 for name, value in zip(entity.primary_key, key, strict=True)
             )
         )
@@ -599,7 +703,7 @@ class SQLAlchemyAdapter(Adapter):
             except SQLAlchemyError as exc:
                 raise _operation_error("read", exc) from exc
         try:
-            async with self.engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 return await self._page(conn, entity, query)
         except SQLAlchemyError as exc:
             raise _operation_error("read", exc) from exc
@@ -622,6 +726,11 @@ class SQLAlchemyAdapter(Adapter):
                         isolation_level="REPEATABLE READ"
                     )
                 async with conn.begin():
+                    if self.dialect in mysql.DIALECTS:
+                        # One InnoDB read view for both reads, whatever the server's default.
+                        await conn.exec_driver_sql(
+                            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+                        )
                     position = await self.log.position(conn, entity.key)
                     rows, total = await self._page(conn, entity, query)
         except SQLAlchemyError as exc:
@@ -650,29 +759,54 @@ class SQLAlchemyAdapter(Adapter):
     ) -> Record | None:
         """Read the row with primary key ``key`` if it matches ``query.where``."""
         m = self._map(entity)
-        stmt = sa.select(*m.selectable).where(self._key_clause(m, entity, key))
-        where = self.where(m, query.where)
-        if where is not None:
-            stmt = stmt.where(where)
+        params: dict[str, Any] | None = None
+        if query.where is None and len(entity.primary_key) == 1:
+            # The hot path: one statement per entity, built once, the key bound at
+            # execution (SQLAlchemy then skips building and keying a new statement).
+            stmt = self._by_key(m, entity)
+            name = entity.primary_key[0]
+            params = {"ws_key": self._bind(m, name, key[0])}
+        else:
+            stmt = sa.select(*m.selectable).where(self._key_clause(m, entity, key))
+            where = self.where(m, query.where)
+            if where is not None:
+                stmt = stmt.where(where)
         inline = self._inline
         if inline is not None:
             try:
                 with inline.reading() as conn:
-                    return await self._one(conn, stmt, query)
+                    return await self._one(conn, stmt, query, params)
             except _Busy:
                 pass  # through aiosqlite's thread, below
             except SQLAlchemyError as exc:
                 raise _operation_error("read", exc) from exc
         try:
-            async with self.engine.connect() as aconn:
-                return await self._one(aconn, stmt, query)
+            async with self._reads.connect() as aconn:
+                return await self._one(aconn, stmt, query, params)
         except SQLAlchemyError as exc:
             raise _operation_error("read", exc) from exc
 
+    def _by_key(self, m: _Mapping, entity: EntityInfo) -> sa.Select[Any]:
+        stmt = m.by_key
+        if stmt is None:
+            column = m.columns[entity.primary_key[0]]
+            # Integers bound as BIGINT, as in filters: a key beyond an INTEGER column's
+            # range is simply not found, never a database error.
+            kind = (
+                sa.BigInteger() if isinstance(column.type, sa.Integer) else column.type
+            )
+            key = sa.bindparam("ws_key", type_=kind)
+            stmt = m.by_key = sa.select(*m.selectable).where(column == key)
+        return stmt
+
     async def _one(
-        self, conn: Any, stmt: sa.Select[Any], query: ReadQuery
+        self,
+        conn: Any,
+        stmt: sa.Select[Any],
+        query: ReadQuery,
+        params: dict[str, Any] | None = None,
     ) -> Record | None:
-        found = (await conn.execute(stmt)).first()
+        found = (await conn.execute(stmt, params)).first()
         if found is None:
             return None
         row = self._row(found)
@@ -746,6 +880,13 @@ class SQLAlchemyAdapter(Adapter):
                 if self.dialect == "sqlite":
                     conn = await conn.execution_options(websocketspec_write=True)
                 async with conn.begin():
+                    if self.dialect in mysql.DIALECTS:
+                        # As on PostgreSQL: row locks only. InnoDB's default REPEATABLE
+                        # READ also locks gaps, and two writers claiming idempotency keys
+                        # (delete-then-insert) deadlock on them.
+                        await conn.exec_driver_sql(
+                            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+                        )
                     yield conn
         except ProtocolError:
             raise
@@ -767,6 +908,10 @@ class SQLAlchemyAdapter(Adapter):
     ) -> tuple[Any, list[Change]] | None:
         """Run a create, update or delete (one row or many) in one transaction."""
         m = self._map(entity)
+        if write.remember is not None:
+            # Before the transaction: creating the table takes a second connection,
+            # which a burst of first writes holding the whole pool would wait for.
+            await self._ensure_keys_table()
         async with self._write(write.operation) as conn:
             if write.remember is not None:
                 await self._claim(conn, write.remember)
@@ -808,14 +953,33 @@ class SQLAlchemyAdapter(Adapter):
         rows: Sequence[Record],
     ) -> list[Change]:
         changes = []
+        returning = conn.dialect.insert_returning
         for data in rows:
             values = {
                 m.columns[name].key: self._store(m, name, v) for name, v in data.items()
             }
-            stmt = sa.insert(m.table).values(values).returning(*self._returning(m))
-            new = self._row((await conn.execute(stmt)).one())
+            stmt = sa.insert(m.table).values(values)
+            if returning:
+                new = self._row(
+                    (await conn.execute(stmt.returning(*self._returning(m)))).one()
+                )
+            else:
+                # MySQL (and MariaDB before 10.5): re-read by the key the insert took,
+                # auto-increment (lastrowid) or given (defaults are computed before).
+                key = tuple((await conn.execute(stmt)).inserted_primary_key or ())
+                new = await self._reread_one(conn, m, entity, key)
             changes.append(Change("create", entity.key, None, new))
         return changes
+
+    async def _reread_one(
+        self,
+        conn: AsyncConnection,
+        m: _Mapping,
+        entity: EntityInfo,
+        key: tuple[Any, ...],
+    ) -> Record:
+        stmt = sa.select(*m.selectable).where(self._key_clause(m, entity, key))
+        return self._row((await conn.execute(stmt)).one())
 
     async def _change(
         self,
@@ -842,15 +1006,17 @@ class SQLAlchemyAdapter(Adapter):
             m.columns[name].key: self._store(m, name, v)
             for name, v in (write.data or {}).items()
         }
-        stmt = (
-            sa.update(m.table)
-            .where(target)
-            .values(values)
-            .returning(*self._returning(m))
-        )
+        stmt = sa.update(m.table).where(target).values(values)
+        if conn.dialect.update_returning:
+            found = (await conn.execute(stmt.returning(*self._returning(m)))).all()
+        else:
+            # MariaDB/MySQL: no UPDATE ... RETURNING. The rows are locked since
+            # _locked, so reading them back in this transaction shows exactly this write.
+            await conn.execute(stmt)
+            found = (await conn.execute(sa.select(*m.selectable).where(target))).all()
         news = {
             tuple(new[name] for name in entity.primary_key): new
-            for new in (self._row(r) for r in (await conn.execute(stmt)).all())
+            for new in (self._row(r) for r in found)
         }
         return [
             Change("update", entity.key, old, news[key])
@@ -926,7 +1092,6 @@ class SQLAlchemyAdapter(Adapter):
 
     async def _claim(self, conn: AsyncConnection, remember: Remember) -> None:
         """Take the key in this transaction (first thing, so a twin waits on it)."""
-        await self._ensure_keys_table()
         await conn.execute(
             sa.delete(KEYS).where(
                 KEYS.c.identity == remember.identity,

@@ -13,6 +13,10 @@ On PostgreSQL the write also calls ``pg_notify(channel, entity)``, which Postgre
 delivers only when, and once, the transaction commits. Writes made outside the API are
 recorded the same way by the capture triggers (:mod:`websocketspec.capture`), which skip
 transactions that the API marks with ``websocketspec.api = on``.
+
+MariaDB/MySQL have no ``UPDATE … RETURNING``: there a write reads the stream row back
+after its update (still holding the row's lock). Names and keys compare byte for byte
+(``utf8mb4_bin``), not in the database's case-folding collation.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from websocketspec.types import Record
 
 try:
     import sqlalchemy as sa
-    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.dialects import mysql
+    from sqlalchemy.exc import DBAPIError, IntegrityError
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("sqlalchemy", "sqlalchemy") from exc
@@ -44,10 +49,29 @@ log = logging.getLogger(__name__)
 
 log_metadata = sa.MetaData()
 
+_MYSQL = ("mysql", "mariadb")
+
+
+def _name(length: int) -> sa.types.TypeEngine[str]:
+    """A key column: on MariaDB/MySQL case-sensitive (``utf8mb4_bin``), not folded.
+
+    ``utf8mb4_bin`` still pads with spaces there: keys differing only by trailing
+    spaces are one key (MariaDB's ``utf8mb4_nopad_bin`` is unknown to MySQL).
+    """
+    return sa.String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), *_MYSQL
+    )
+
+
+def _document() -> sa.types.TypeEngine[str]:
+    """A JSON document as text: MariaDB/MySQL's TEXT stops at 64 KiB, LONGTEXT does not."""
+    return sa.Text().with_variant(mysql.LONGTEXT(), *_MYSQL)
+
+
 STREAMS = sa.Table(
     "websocketspec_streams",
     log_metadata,
-    sa.Column("entity", sa.String(255), primary_key=True),
+    sa.Column("entity", _name(255), primary_key=True),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("epoch", sa.String(32), nullable=False),
 )
@@ -55,11 +79,11 @@ STREAMS = sa.Table(
 OUTBOX = sa.Table(
     "websocketspec_outbox",
     log_metadata,
-    sa.Column("entity", sa.String(255), primary_key=True),
+    sa.Column("entity", _name(255), primary_key=True),
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("operation", sa.String(16), nullable=False),
-    sa.Column("old", sa.Text),
-    sa.Column("new", sa.Text),
+    sa.Column("old", _document()),
+    sa.Column("new", _document()),
     sa.Column("txid", sa.String(32)),
     sa.Column("batch_index", sa.Integer),
     sa.Column("batch_size", sa.Integer),
@@ -69,11 +93,14 @@ OUTBOX = sa.Table(
 KEYS = sa.Table(
     "websocketspec_idempotency",
     sa.MetaData(),
-    sa.Column("identity", sa.String(255), primary_key=True),
-    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("identity", _name(255), primary_key=True),
+    sa.Column("key", _name(255), primary_key=True),
     sa.Column("fingerprint", sa.String(64), nullable=False),
-    sa.Column("response", sa.Text),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("response", _document()),
+    # Seconds since the epoch: MariaDB/MySQL's FLOAT is single precision (minutes here).
+    sa.Column(
+        "created_at", sa.Float().with_variant(mysql.DOUBLE(), *_MYSQL), nullable=False
+    ),
 )
 """Idempotency keys: the answer of each keyed write, per identity (created on first use)."""
 
@@ -128,9 +155,17 @@ class SQLAlchemyChangeLog:
 
     async def install(self, entities: Sequence[EntityInfo]) -> None:
         """Create the tables when missing and a stream row for every entity."""
-        async with self.engine.begin() as conn:
-            await lock_install(conn)
-            await conn.run_sync(log_metadata.create_all, checkfirst=True)
+        for attempt in range(2):
+            try:
+                async with self.engine.begin() as conn:
+                    await lock_install(conn)
+                    await conn.run_sync(log_metadata.create_all, checkfirst=True)
+                break
+            except DBAPIError:
+                # MariaDB/MySQL have no lock_install: another process starting at the
+                # same time created a table first ("already exists"); look again.
+                if attempt or self.dialect not in _MYSQL:
+                    raise
         for entity in entities:
             await self._ensure_stream(entity.key)
 
@@ -164,13 +199,25 @@ class SQLAlchemyChangeLog:
             sa.update(STREAMS)
             .where(STREAMS.c.entity == entity)
             .values(seq=STREAMS.c.seq + count)
-            .returning(STREAMS.c.seq, STREAMS.c.epoch)
         )
         if self.dialect == "postgresql":
             # Capture triggers (deferred to commit) skip what the API records itself.
             mark = sa.select(sa.func.set_config("websocketspec.api", "on", True))
             stmt = stmt.where(mark.scalar_subquery().is_not(None))
-        row = (await conn.execute(stmt)).first()
+        if conn.dialect.update_returning:
+            stmt = stmt.returning(STREAMS.c.seq, STREAMS.c.epoch)
+            row = (await conn.execute(stmt)).first()
+        else:
+            # MariaDB/MySQL: the update holds the row's lock until commit, and this
+            # transaction reads its own new value back.
+            await conn.execute(stmt)
+            row = (
+                await conn.execute(
+                    sa.select(STREAMS.c.seq, STREAMS.c.epoch).where(
+                        STREAMS.c.entity == entity
+                    )
+                )
+            ).first()
         if row is None:
             epoch = new_epoch()
             await conn.execute(

@@ -1,0 +1,1 @@
+"""The quickstart's users and posts served through Tortoise ORM."""

@@ -1,0 +1,312 @@
+"""The Tortoise adapter's change log: the transactional outbox, in raw SQL.
+
+The tables are :mod:`websocketspec.adapters.sqlalchemy_log`'s, column for column
+(``websocketspec_streams``, ``websocketspec_outbox`` and the idempotency keys'
+``websocketspec_idempotency``), so that the brokers, the relay and ``websocketspec
+capture`` work unchanged on a database served through Tortoise. A write takes its
+sequence number with ``UPDATE … SET seq = seq + 1 … RETURNING`` in its own transaction:
+the row lock makes sequence order commit order, with no gaps. On PostgreSQL the write
+also marks its transaction for the capture triggers and calls ``pg_notify``.
+
+This module imports no ORM: statements run through any client with Tortoise's
+``execute_query_dict`` (the adapter passes its transaction), written with
+:class:`Params`, which numbers placeholders the way the database wants them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
+from typing import Any, Protocol
+
+import msgspec
+
+from websocketspec.adapters.base import Change
+from websocketspec.protocol.values import coerce_row
+from websocketspec.registry import EntityInfo
+from websocketspec.types import Record
+
+__all__ = ["KEYS_DDL", "OUTBOX_DDL", "STREAMS_DDL", "Params", "TortoiseChangeLog"]
+
+INSTALL_LOCK = 0x77737370656331
+"""The PostgreSQL advisory lock serialising creation of the log's tables; the same
+number as :data:`websocketspec.adapters.sqlalchemy_log.INSTALL_LOCK`."""
+
+STREAMS_DDL = (
+    "CREATE TABLE IF NOT EXISTS websocketspec_streams ("
+    "entity VARCHAR(255) NOT NULL, seq BIGINT NOT NULL, epoch VARCHAR(32) NOT NULL, "
+    "PRIMARY KEY (entity))"
+)
+OUTBOX_DDL = (
+    "CREATE TABLE IF NOT EXISTS websocketspec_outbox ("
+    "entity VARCHAR(255) NOT NULL, seq BIGINT NOT NULL, operation VARCHAR(16) NOT NULL, "
+    '"old" TEXT, "new" TEXT, txid VARCHAR(32), batch_index INTEGER, batch_size INTEGER, '
+    "created_at {created_at}, PRIMARY KEY (entity, seq))"
+)
+KEYS_DDL = (
+    "CREATE TABLE IF NOT EXISTS websocketspec_idempotency ("
+    'identity VARCHAR(255) NOT NULL, "key" VARCHAR(255) NOT NULL, '
+    "fingerprint VARCHAR(64) NOT NULL, response TEXT, created_at FLOAT NOT NULL, "
+    'PRIMARY KEY (identity, "key"))'
+)
+"""The idempotency keys: the answer of each keyed write, per identity."""
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+def dump(value: Any) -> str:
+    """JSON text of a row or an answer (decimals as strings, as on the wire)."""
+    return _encoder.encode(value).decode()
+
+
+class Params:
+    """The parameters of one statement, and their placeholders.
+
+    SQLite numbers ``?`` by position in the text, so placeholders must be asked for in
+    the order they appear; PostgreSQL (asyncpg) takes ``$n``, optionally with a cast.
+    """
+
+    __slots__ = ("pg", "values")
+
+    def __init__(self, pg: bool) -> None:
+        self.pg = pg
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any, cast: str = "") -> str:
+        """Bind ``value``; returns its placeholder (``cast`` like ``"::int8"``, PostgreSQL)."""
+        self.values.append(value)
+        if not self.pg:
+            return "?"
+        return f"${len(self.values)}{cast}"
+
+
+class Database(Protocol):
+    """What the log needs of a Tortoise client (a connection or a transaction)."""
+
+    async def execute_query_dict(
+        self, query: str, values: list[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run one statement; rows as dicts."""
+        ...
+
+
+class Units(Protocol):
+    """Opens units of work on the adapter's database, translating its errors."""
+
+    pg: bool
+
+    def unit(
+        self, operation: str, *, lock: str | None = None
+    ) -> AbstractAsyncContextManager[Database]:
+        """One transaction; driver errors leave it as ``OperationError``.
+
+        ``lock`` names a table through which SQLite's write lock is taken first.
+        """
+        ...
+
+
+async def lock_install(db: Database, pg: bool) -> None:
+    """Serialise table creation between processes starting at once (``--workers``)."""
+    if pg:
+        p = Params(pg)
+        await db.execute_query_dict(
+            f"SELECT pg_advisory_xact_lock({p(INSTALL_LOCK, '::int8')})", p.values
+        )
+
+
+class TortoiseChangeLog:
+    """The outbox of one database, written in the adapter's transactions.
+
+    Args:
+        units: the adapter, which opens transactions on its database.
+        resolve: finds an entity's description by its canonical name (to decode rows).
+        notify: the PostgreSQL channel each commit is signalled on, or ``None``.
+    """
+
+    def __init__(
+        self,
+        units: Units,
+        resolve: Callable[[str], EntityInfo | None],
+        *,
+        notify: str | None = None,
+    ) -> None:
+        self.units = units
+        self.pg = units.pg
+        self._resolve = resolve
+        self.notify = notify if units.pg else None
+        self.appended: dict[str, int] = {}
+        """The last position each entity's writes in this process took."""
+
+    async def install(self, entities: Sequence[EntityInfo]) -> None:
+        """Create the tables when missing and a stream row for every entity."""
+        created_at = (
+            "TIMESTAMP WITH TIME ZONE DEFAULT now()"
+            if self.pg
+            else "DATETIME DEFAULT CURRENT_TIMESTAMP"
+        )
+        async with self.units.unit("create") as db:
+            await lock_install(db, self.pg)
+            await db.execute_query_dict(STREAMS_DDL)
+            await db.execute_query_dict(OUTBOX_DDL.format(created_at=created_at))
+        # On SQLite the tables may have existed, and their check read first: take the
+        # write lock before writing, or another process's commit could refuse ours.
+        async with self.units.unit("create", lock="websocketspec_streams") as db:
+            for entity in entities:
+                p = Params(self.pg)
+                await db.execute_query_dict(
+                    "INSERT INTO websocketspec_streams (entity, seq, epoch) "
+                    f"VALUES ({p(entity.key)}, 0, {p(uuid.uuid4().hex)}) "
+                    "ON CONFLICT (entity) DO NOTHING",
+                    p.values,
+                )
+
+    async def append(self, db: Database, changes: Sequence[Change]) -> list[Change]:
+        """Record a transaction's changes of one entity; returns them with positions.
+
+        Two statements whatever the number of rows: one takes the sequence numbers
+        (and, on PostgreSQL, marks the transaction as the API's for capture triggers),
+        one writes the outbox rows (and, on PostgreSQL, signals the last position).
+        """
+        if not changes:
+            return []
+        entity = changes[0].entity
+        count = len(changes)
+        p = Params(self.pg)
+        statement = (
+            f"UPDATE websocketspec_streams SET seq = seq + {p(count, '::int8')} "
+            f"WHERE entity = {p(entity)}"
+        )
+        if self.pg:
+            # Capture triggers (deferred to commit) skip what the API records itself.
+            statement += (
+                " AND (SELECT set_config('websocketspec.api', 'on', true)) IS NOT NULL"
+            )
+        found = await db.execute_query_dict(
+            f"{statement} RETURNING seq, epoch", p.values
+        )
+        if found:
+            last, epoch = int(found[0]["seq"]), str(found[0]["epoch"])
+        else:
+            last, epoch = count, uuid.uuid4().hex
+            p = Params(self.pg)
+            await db.execute_query_dict(
+                "INSERT INTO websocketspec_streams (entity, seq, epoch) "
+                f"VALUES ({p(entity)}, {p(last)}, {p(epoch)})",
+                p.values,
+            )
+        placed = [
+            replace(c, seq=last - count + 1 + i, epoch=epoch)
+            for i, c in enumerate(changes)
+        ]
+        # This process publishes these itself right after commit: the broker need not
+        # fetch them when their NOTIFY comes back (see PostgresBroker).
+        self.appended[entity] = max(self.appended.get(entity, 0), last)
+        p = Params(self.pg)
+        rows = ", ".join(
+            f"({p(c.entity)}, {p(c.seq)}, {p(c.operation)}, "
+            f"{p(None if c.old is None else dump(c.old))}, "
+            f"{p(None if c.new is None else dump(c.new))}, {p(c.txid or None)}, "
+            f"{p(c.batch_index if c.txid else None)}, "
+            f"{p(c.batch_size if c.txid else None)})"
+            for c in placed
+        )
+        insert = (
+            "INSERT INTO websocketspec_outbox (entity, seq, operation, "
+            f'"old", "new", txid, batch_index, batch_size) VALUES {rows}'
+        )
+        if self.notify is None:
+            await db.execute_query_dict(insert, p.values)
+        else:
+            signal = f"{p(self.notify)}, {p(f'{entity}:{last}')}"
+            await db.execute_query_dict(
+                f"WITH written AS ({insert} RETURNING seq) SELECT pg_notify({signal}) "
+                "WHERE (SELECT count(*) FROM written) > 0",
+                p.values,
+            )
+        return placed
+
+    async def position(self, db: Database, entity: str) -> tuple[int, str]:
+        """The stream position of ``entity`` as ``db``'s transaction sees it."""
+        p = Params(self.pg)
+        found = await db.execute_query_dict(
+            f"SELECT seq, epoch FROM websocketspec_streams WHERE entity = {p(entity)}",
+            p.values,
+        )
+        return (0, "") if not found else (int(found[0]["seq"]), str(found[0]["epoch"]))
+
+    async def positions(self) -> dict[str, tuple[int, str]]:
+        """The latest ``(seq, epoch)`` of every stream."""
+        async with self.units.unit("read") as db:
+            rows = await db.execute_query_dict(
+                "SELECT entity, seq, epoch FROM websocketspec_streams"
+            )
+        return {str(r["entity"]): (int(r["seq"]), str(r["epoch"])) for r in rows}
+
+    async def changes_since(
+        self, entity: str, after: int, limit: int = 1000
+    ) -> tuple[int, list[Change]]:
+        """The changes of ``entity`` after ``after``, and the lowest seq still held."""
+        async with self.units.unit("read") as db:
+            p = Params(self.pg)
+            stream = await db.execute_query_dict(
+                f"SELECT epoch FROM websocketspec_streams WHERE entity = {p(entity)}",
+                p.values,
+            )
+            p = Params(self.pg)
+            low = await db.execute_query_dict(
+                "SELECT min(seq) AS low FROM websocketspec_outbox "
+                f"WHERE entity = {p(entity)}",
+                p.values,
+            )
+            p = Params(self.pg)
+            rows = await db.execute_query_dict(
+                'SELECT seq, operation, "old", "new", txid, batch_index, batch_size '
+                f"FROM websocketspec_outbox WHERE entity = {p(entity)} "
+                f"AND seq > {p(after, '::int8')} ORDER BY seq LIMIT {p(limit, '::int8')}",
+                p.values,
+            )
+        epoch = str(stream[0]["epoch"]) if stream else ""
+        lowest = low[0]["low"] if low else None
+        info = self._resolve(entity)
+        changes = [
+            Change(
+                str(r["operation"]),
+                entity,
+                self._load(info, r["old"]),
+                self._load(info, r["new"]),
+                int(r["seq"]),
+                epoch,
+                r["txid"] or "",
+                r["batch_index"] or 0,
+                r["batch_size"] or 0,
+            )
+            for r in rows
+        ]
+        return (int(lowest) if lowest is not None else 0), changes
+
+    async def prune(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` changes of each entity; returns how many."""
+        removed = 0
+        async with self.units.unit("delete", lock="websocketspec_outbox") as db:
+            streams = await db.execute_query_dict(
+                "SELECT entity, seq FROM websocketspec_streams"
+            )
+            for stream in streams:
+                p = Params(self.pg)
+                gone = await db.execute_query_dict(
+                    "DELETE FROM websocketspec_outbox WHERE entity = "
+                    f"{p(stream['entity'])} AND seq <= {p(int(stream['seq']) - keep, '::int8')} "
+                    "RETURNING seq",
+                    p.values,
+                )
+                removed += len(gone)
+        return removed
+
+    @staticmethod
+    def _load(info: EntityInfo | None, text: str | None) -> Record | None:
+        if text is None:
+            return None
+        raw: dict[str, Any] = msgspec.json.decode(text)
+        return raw if info is None else coerce_row(raw, info.column_types)
