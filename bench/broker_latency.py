@@ -1,6 +1,6 @@
 """Notification latency through each broker, beside the in-process broker, in one run.
 
-Two direct servers share one PostgreSQL database (of this run's own); a writer on server A
+Two direct servers share one PostgreSQL database (one of this run's own per broker); a writer on server A
 creates rows one at a time and a subscriber on server B receives each notification. The
 latency is the time from sending the create to receiving the notification on the other
 server. For the in-process broker (one process only) writer and subscriber share one
@@ -109,24 +109,34 @@ async def measure(writer_port: int, reader_port: int, count: int) -> list[float]
     return latencies
 
 
-async def run(rounds: int, count: int) -> list[dict[str, Any]]:
+async def fresh_database() -> str:
     url = await create_database()
     engine = create_engine(url)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
     await engine.dispose()
+    return url
+
+
+async def run(rounds: int, count: int) -> list[dict[str, Any]]:
+    # A database per broker: servers of one broker share it; the others never see it.
+    urls = {
+        name: await fresh_database() for name in ("in-process", "redis", "postgresql")
+    }
     channel = f"wsspec-bench-latency:{uuid.uuid4().hex}"
     servers: dict[str, tuple[DirectServer, DirectServer]] = {}
     try:
-        memory = await server(url, MemoryBroker())
+        memory = await server(urls["in-process"], MemoryBroker())
         servers["in-process"] = (memory, memory)
+        redis_url = urls["redis"]
         servers["redis"] = (
-            await server(url, RedisBroker(REDIS_URL, channel=channel)),
-            await server(url, RedisBroker(REDIS_URL, channel=channel)),
+            await server(redis_url, RedisBroker(REDIS_URL, channel=channel)),
+            await server(redis_url, RedisBroker(REDIS_URL, channel=channel)),
         )
+        pg_url = urls["postgresql"]
         servers["postgresql"] = (
-            await server(url, PostgresBroker(url)),
-            await server(url, PostgresBroker(url)),
+            await server(pg_url, PostgresBroker(pg_url)),
+            await server(pg_url, PostgresBroker(pg_url)),
         )
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
         for _ in range(rounds):
@@ -142,7 +152,8 @@ async def run(rounds: int, count: int) -> list[dict[str, Any]]:
                 if id(s) not in stopped:
                     stopped.add(id(s))
                     await s.stop(timeout=2)
-        await drop_database(url)
+        for url in urls.values():
+            await drop_database(url)
     floor = statistics.median(p50 for p50, _ in results["in-process"])
     rows = []
     for name, values in results.items():
