@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install everything into a local virtual environment (.venv) and run every check:
-# ruff (lint and format), mypy --strict, and the whole test suite against SQLite and
-# PostgreSQL over real WebSocket connections. Uses the PostgreSQL at
-# WEBSOCKETSPEC_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
-# or starts a private one. Extra arguments go to pytest.
+# ruff (lint and format), mypy --strict, and the whole test suite against SQLite,
+# PostgreSQL, MariaDB and Redis over real WebSocket connections. Each service is the one
+# at its WEBSOCKETSPEC_TEST_*_URL (defaults: the usual local ports) or, when none answers,
+# a private instance started for the run (installed with apt-get when missing).
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/venv.sh
@@ -13,6 +14,7 @@ source scripts/lib/node.sh
 ensure_venv '.[dev]'
 ensure_postgres
 source scripts/lib/mariadb.sh; ensure_mariadb
+source scripts/lib/redis.sh; ensure_redis
 ensure_node
 
 echo "== ruff"
