@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
 import msgspec
@@ -55,6 +55,14 @@ from websocketspec.adapters.base import (
     Remember,
     Write,
     WriteCheck,
+)
+from websocketspec.adapters.common import (
+    INSTALL_LOCK,
+    dump,
+    new_epoch,
+    round_decimal,
+    sqlite_ilike,
+    sqlite_like,
 )
 from websocketspec.exceptions import (
     ConfigurationError,
@@ -69,7 +77,6 @@ from websocketspec.protocol.filters import (
     Group,
     Op,
     like_pattern,
-    like_regex,
 )
 from websocketspec.protocol.values import (
     TEXT_TYPES,
@@ -112,9 +119,6 @@ log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-INSTALL_LOCK = 0x77737370656331
-"""The PostgreSQL advisory lock serialising creation of the log's tables; the same
-number as :data:`websocketspec.adapters.sqlalchemy_log.INSTALL_LOCK`."""
 
 _PUBLIC_CONSTRAINT = "the database refused the write: a constraint was violated"
 
@@ -336,8 +340,8 @@ class DjangoAdapter(Adapter):
             self._prepare_sqlite(connection.connection)
 
     def _prepare_sqlite(self, raw: Any) -> None:
-        raw.create_function("ws_like", 2, _sqlite_like, deterministic=True)
-        raw.create_function("ws_ilike", 2, _sqlite_ilike, deterministic=True)
+        raw.create_function("ws_like", 2, sqlite_like, deterministic=True)
+        raw.create_function("ws_ilike", 2, sqlite_ilike, deterministic=True)
         cursor = raw.cursor()
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -501,8 +505,7 @@ class DjangoAdapter(Adapter):
         if isinstance(value, Decimal) and isinstance(field, models.DecimalField):
             places = field.decimal_places
             if isinstance(places, int):
-                with contextlib.suppress(InvalidOperation):
-                    value = value.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
+                value = round_decimal(value, places)
             return value
         return self._naive(value)
 
@@ -1001,7 +1004,7 @@ class DjangoAdapter(Adapter):
             cursor.execute(
                 "UPDATE websocketspec_idempotency SET response = %s "
                 'WHERE identity = %s AND "key" = %s',
-                [_encoder.encode(result).decode(), remember.identity, remember.key],
+                [dump(result), remember.identity, remember.key],
             )
 
 
@@ -1027,11 +1030,9 @@ _KEYS_DDL = (
 """The tables of :mod:`websocketspec.adapters.sqlalchemy_log`, column for column, so that
 the brokers, the relay and ``websocketspec capture`` work on either adapter's database."""
 
-_encoder = msgspec.json.Encoder(decimal_format="string")
-
 
 def _dump(row: Record | None) -> str | None:
-    return None if row is None else _encoder.encode(row).decode()
+    return None if row is None else dump(row)
 
 
 def _lock_install(conn: Any, cursor: Any) -> None:
@@ -1082,7 +1083,7 @@ class DjangoChangeLog:
                 cursor.execute(
                     "INSERT INTO websocketspec_streams (entity, seq, epoch) "
                     "VALUES (%s, 0, %s) ON CONFLICT (entity) DO NOTHING",
-                    [key, uuid.uuid4().hex],
+                    [key, new_epoch()],
                 )
 
     def append(self, conn: Any, changes: Sequence[Change]) -> list[Change]:
@@ -1107,7 +1108,7 @@ class DjangoChangeLog:
             )
             row = cursor.fetchone()
             if row is None:
-                last, epoch = count, uuid.uuid4().hex
+                last, epoch = count, new_epoch()
                 cursor.execute(
                     "INSERT INTO websocketspec_streams (entity, seq, epoch) "
                     "VALUES (%s, %s, %s)",
@@ -1262,15 +1263,3 @@ def _operation_error(operation: str, exc: BaseException) -> OperationError:
     else:
         log.error("%s failed: %s", operation, exc)
     return OperationError(operation, str(exc))
-
-
-def _sqlite_like(value: str | None, pattern: str | None) -> int | None:
-    if value is None or pattern is None:
-        return None
-    return 1 if like_regex(pattern).fullmatch(value) is not None else 0
-
-
-def _sqlite_ilike(value: str | None, pattern: str | None) -> int | None:
-    if value is None or pattern is None:
-        return None
-    return 1 if like_regex(pattern).fullmatch(value.lower()) is not None else 0

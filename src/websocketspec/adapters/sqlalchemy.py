@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -46,6 +46,7 @@ from websocketspec.adapters.base import (
     Write,
     WriteCheck,
 )
+from websocketspec.adapters.common import dump, round_decimal, sqlite_ilike, sqlite_like
 from websocketspec.exceptions import (
     LimitError,
     MissingDependencyError,
@@ -58,7 +59,6 @@ from websocketspec.protocol.filters import (
     Group,
     Op,
     like_pattern,
-    like_regex,
 )
 from websocketspec.protocol.values import TEXT_TYPES, ColumnType, normalize, to_utc
 from websocketspec.query import PreloadQuery, ReadQuery
@@ -318,8 +318,8 @@ def _readonly(path: str) -> Any:
         check_same_thread=False,
         isolation_level=None,
     )
-    conn.create_function("ws_like", 2, _sqlite_like, deterministic=True)
-    conn.create_function("ws_ilike", 2, _sqlite_ilike, deterministic=True)
+    conn.create_function("ws_like", 2, sqlite_like, deterministic=True)
+    conn.create_function("ws_ilike", 2, sqlite_ilike, deterministic=True)
     return conn
 
 
@@ -392,10 +392,10 @@ class SQLAlchemyAdapter(Adapter):
             record.info["websocketspec"] = True
             dbapi_connection.isolation_level = None
             dbapi_connection.create_function(
-                "ws_like", 2, _sqlite_like, deterministic=True
+                "ws_like", 2, sqlite_like, deterministic=True
             )
             dbapi_connection.create_function(
-                "ws_ilike", 2, _sqlite_ilike, deterministic=True
+                "ws_ilike", 2, sqlite_ilike, deterministic=True
             )
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -517,9 +517,7 @@ class SQLAlchemyAdapter(Adapter):
             and isinstance(scale, int)
             and not isinstance(column_type, sa.Float)
         ):
-            # A value too long to round is left for the database to refuse.
-            with contextlib.suppress(InvalidOperation):
-                value = value.quantize(Decimal(1).scaleb(-scale), ROUND_HALF_UP)
+            value = round_decimal(value, scale)
         return self._bind(m, name, value)
 
     def _bind(self, m: _Mapping, name: str, value: Any) -> Any:
@@ -1117,11 +1115,8 @@ class SQLAlchemyAdapter(Adapter):
         await conn.execute(
             sa.update(KEYS)
             .where(KEYS.c.identity == remember.identity, KEYS.c.key == remember.key)
-            .values(response=_encoder.encode(result).decode())
+            .values(response=dump(result))
         )
-
-
-_encoder = msgspec.json.Encoder(decimal_format="string")
 
 
 def _operation_error(operation: str, exc: SQLAlchemyError) -> OperationError:
@@ -1130,15 +1125,3 @@ def _operation_error(operation: str, exc: SQLAlchemyError) -> OperationError:
     else:
         log.error("%s failed: %s", operation, exc)
     return OperationError(operation, str(exc))
-
-
-def _sqlite_like(value: str | None, pattern: str | None) -> int | None:
-    if value is None or pattern is None:
-        return None
-    return 1 if like_regex(pattern).fullmatch(value) is not None else 0
-
-
-def _sqlite_ilike(value: str | None, pattern: str | None) -> int | None:
-    if value is None or pattern is None:
-        return None
-    return 1 if like_regex(pattern).fullmatch(value.lower()) is not None else 0

@@ -22,7 +22,6 @@ after its update (still holding the row's lock). Names and keys compare byte for
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import msgspec
 
 from websocketspec.adapters.base import Change
+from websocketspec.adapters.common import INSTALL_LOCK, dump, new_epoch
 from websocketspec.exceptions import MissingDependencyError
 from websocketspec.protocol.values import coerce_row
 from websocketspec.registry import EntityInfo
@@ -104,15 +104,9 @@ KEYS = sa.Table(
 )
 """Idempotency keys: the answer of each keyed write, per identity (created on first use)."""
 
-_encoder = msgspec.json.Encoder(decimal_format="string")
-
 
 def _dump(row: Record | None) -> str | None:
-    return None if row is None else _encoder.encode(row).decode()
-
-
-INSTALL_LOCK = 0x77737370656331
-"""The PostgreSQL advisory lock that serialises creating the log's tables."""
+    return None if row is None else dump(row)
 
 
 async def lock_install(conn: AsyncConnection) -> None:
@@ -123,11 +117,6 @@ async def lock_install(conn: AsyncConnection) -> None:
     """
     if conn.dialect.name == "postgresql":
         await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(INSTALL_LOCK)))
-
-
-def new_epoch() -> str:
-    """A fresh epoch name."""
-    return uuid.uuid4().hex
 
 
 class SQLAlchemyChangeLog:

@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from datetime import time as time_of_day
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Any
 
@@ -58,6 +58,7 @@ from websocketspec.adapters.base import (
     Write,
     WriteCheck,
 )
+from websocketspec.adapters.common import dump, round_decimal, sqlite_ilike, sqlite_like
 from websocketspec.exceptions import (
     ConfigurationError,
     LimitError,
@@ -71,7 +72,6 @@ from websocketspec.protocol.filters import (
     Group,
     Op,
     like_pattern,
-    like_regex,
 )
 from websocketspec.protocol.values import TEXT_TYPES, ColumnType, coerce, to_utc
 from websocketspec.query import PreloadQuery, ReadQuery
@@ -105,7 +105,6 @@ from websocketspec.adapters.tortoise_log import (
     Database,
     Params,
     TortoiseChangeLog,
-    dump,
     lock_install,
 )
 
@@ -333,18 +332,6 @@ def _load(column: _Column, value: Any) -> Any:
     return value
 
 
-def _sqlite_like(value: str | None, pattern: str | None) -> int | None:
-    if value is None or pattern is None:
-        return None
-    return 1 if like_regex(pattern).fullmatch(value) is not None else 0
-
-
-def _sqlite_ilike(value: str | None, pattern: str | None) -> int | None:
-    if value is None or pattern is None:
-        return None
-    return 1 if like_regex(pattern).fullmatch(value.lower()) is not None else 0
-
-
 _COMPARISONS = {
     Op.EQ: "=",
     Op.NEQ: "<>",
@@ -448,10 +435,10 @@ class TortoiseAdapter(Adapter):
             async with client.acquire_connection() as raw:
                 if not getattr(raw, "_websocketspec_ready", False):
                     await raw.create_function(
-                        "ws_like", 2, _sqlite_like, deterministic=True
+                        "ws_like", 2, sqlite_like, deterministic=True
                     )
                     await raw.create_function(
-                        "ws_ilike", 2, _sqlite_ilike, deterministic=True
+                        "ws_ilike", 2, sqlite_ilike, deterministic=True
                     )
                     cursor = await raw.execute(
                         f"PRAGMA synchronous={self._sqlite_synchronous}"
@@ -607,8 +594,7 @@ class TortoiseAdapter(Adapter):
         if ctype is ColumnType.DECIMAL and store and column.scale is not None:
             # PostgreSQL rounds so on store; SQLite keeps the text as sent, and filters
             # would compare a value that no row shows.
-            with contextlib.suppress(InvalidOperation):
-                value = value.quantize(Decimal(1).scaleb(-column.scale), ROUND_HALF_UP)
+            value = round_decimal(value, column.scale)
         if self.pg:
             if ctype is ColumnType.TIME:
                 # Tortoise declares TIMETZ; the wire's times are UTC.

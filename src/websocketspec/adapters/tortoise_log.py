@@ -15,7 +15,6 @@ This module imports no ORM: statements run through any client with Tortoise's
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
@@ -24,15 +23,13 @@ from typing import Any, Protocol
 import msgspec
 
 from websocketspec.adapters.base import Change
+from websocketspec.adapters.common import INSTALL_LOCK, dump, new_epoch
 from websocketspec.protocol.values import coerce_row
 from websocketspec.registry import EntityInfo
 from websocketspec.types import Record
 
 __all__ = ["KEYS_DDL", "OUTBOX_DDL", "STREAMS_DDL", "Params", "TortoiseChangeLog"]
 
-INSTALL_LOCK = 0x77737370656331
-"""The PostgreSQL advisory lock serialising creation of the log's tables; the same
-number as :data:`websocketspec.adapters.sqlalchemy_log.INSTALL_LOCK`."""
 
 STREAMS_DDL = (
     "CREATE TABLE IF NOT EXISTS websocketspec_streams ("
@@ -52,13 +49,6 @@ KEYS_DDL = (
     'PRIMARY KEY (identity, "key"))'
 )
 """The idempotency keys: the answer of each keyed write, per identity."""
-
-_encoder = msgspec.json.Encoder(decimal_format="string")
-
-
-def dump(value: Any) -> str:
-    """JSON text of a row or an answer (decimals as strings, as on the wire)."""
-    return _encoder.encode(value).decode()
 
 
 class Params:
@@ -157,7 +147,7 @@ class TortoiseChangeLog:
                 p = Params(self.pg)
                 await db.execute_query_dict(
                     "INSERT INTO websocketspec_streams (entity, seq, epoch) "
-                    f"VALUES ({p(entity.key)}, 0, {p(uuid.uuid4().hex)}) "
+                    f"VALUES ({p(entity.key)}, 0, {p(new_epoch())}) "
                     "ON CONFLICT (entity) DO NOTHING",
                     p.values,
                 )
@@ -189,7 +179,7 @@ class TortoiseChangeLog:
         if found:
             last, epoch = int(found[0]["seq"]), str(found[0]["epoch"])
         else:
-            last, epoch = count, uuid.uuid4().hex
+            last, epoch = count, new_epoch()
             p = Params(self.pg)
             await db.execute_query_dict(
                 "INSERT INTO websocketspec_streams (entity, seq, epoch) "
