@@ -343,6 +343,7 @@ class Handler:
             except ProtocolError as exc:
                 error_info(exc, "connect")
                 conn.close(1008, exc.message[:120])
+            del ctx  # not kept for the connection's life
             if conn.state is State.OPEN:
                 await self._reader(conn, next_frame)
         finally:
@@ -351,15 +352,15 @@ class Handler:
     async def _websocket(
         self, scope: Scope, receive: ASGIReceive, send: ASGISend
     ) -> None:
-        event = await receive()
-        if event["type"] != "websocket.connect":
+        if (await receive())["type"] != "websocket.connect":
             return
         try:
-            conn, ctx = await self.admit(handshake_from_scope(scope))
+            admitted = await self.admit(handshake_from_scope(scope))
         except ProtocolError as exc:
             await self._refuse(scope, send, exc)
             return
-        await send({"type": "websocket.accept", "subprotocol": ctx.subprotocol})
+        conn = admitted[0]
+        await send({"type": "websocket.accept", "subprotocol": admitted[1].subprotocol})
         writer = asyncio.create_task(
             self._writer(conn, send), name=f"websocketspec-writer-{conn.id}"
         )
@@ -375,8 +376,12 @@ class Handler:
                         text if text is not None else bytes(event.get("bytes") or b"")
                     )
 
+        # Only serve_connection holds the connect context, and lets go of it once the
+        # connect hooks ran.
+        serving = self.serve_connection(*admitted, next_frame)
+        del admitted
         try:
-            await self.serve_connection(conn, ctx, next_frame)
+            await serving
         finally:
             with suppress(
                 asyncio.TimeoutError, OSError, RuntimeError, asyncio.CancelledError
@@ -390,60 +395,45 @@ class Handler:
     async def _reader(self, conn: Connection, next_frame: FrameSource) -> None:
         """Read until the client goes, the server closes, or the idle timeout.
 
-        The close watch is armed once per connection, not per frame: the read loop
-        runs as a task that is cancelled when the server decides to close.
+        An idle connection costs this coroutine and the shell's read, nothing more: no
+        task watches for the close. The connection cancels this reader when the server
+        decides to close (:meth:`Connection.watch`), and the cancellation is taken back
+        here; the idle timeout is a timer that closes the connection the same way.
         """
-        reading = asyncio.ensure_future(self._read_loop(conn, next_frame))
-        closing = asyncio.ensure_future(conn.closing.wait())
-        try:
-            await asyncio.wait({reading, closing}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closing.cancel()
-            if not reading.done():
-                reading.cancel()
-            with suppress(asyncio.CancelledError):
-                await reading
-
-    async def _read_loop(self, conn: Connection, next_frame: FrameSource) -> None:
+        reader = asyncio.current_task()
+        if reader is None:  # pragma: no cover - a coroutine awaited outside a task
+            raise RuntimeError("the reader must run in a task")
         config = self.config
         slots = asyncio.Semaphore(config.max_in_flight)
-        idle = config.idle_timeout
-        while True:
-            if idle is None:
+        timeout = config.idle_timeout
+        idle = None if timeout is None else _IdleTimer(conn, timeout)
+        conn.watch(reader)
+        try:
+            while True:
                 frame = await next_frame()
-            else:
-                receiving = asyncio.ensure_future(next_frame())
-                while True:
-                    done, _ = await asyncio.wait({receiving}, timeout=idle)
-                    if done or self._idle(conn):
-                        break
-                if not done:
-                    receiving.cancel()
-                    conn.close(1000, "idle timeout")
+                if frame is None:
+                    conn.state = State.CLOSED
                     return
-                frame = receiving.result()
-            if frame is None:
-                conn.state = State.CLOSED
-                return
-            # Once closing, a frame that arrived meanwhile is not run: its answer could
-            # no longer be sent, so a write would commit unacknowledged.
-            if conn.state is not State.OPEN:
-                return
-            conn.received += 1
-            conn.last_activity = time.monotonic()
-            for item in self._items(conn, frame):
-                await slots.acquire()
-                self._spawn(conn, item, slots)
-
-    def _idle(self, conn: Connection) -> bool:
-        """Whether a connection has had no traffic either way for ``idle_timeout``.
-
-        Requests in flight and messages sent (notifications included) count as traffic.
-        """
-        if conn.tasks:
-            return False
-        timeout = self.config.idle_timeout or 0.0
-        return time.monotonic() - conn.last_activity >= timeout
+                # Once closing, a frame that arrived meanwhile is not run: its answer
+                # could no longer be sent, so a write would commit unacknowledged.
+                if conn.state is not State.OPEN:
+                    return
+                conn.received += 1
+                conn.last_activity = time.monotonic()
+                items = self._items(conn, frame)
+                # Nothing of the last frame stays referenced while the connection idles.
+                frame = None
+                while items:
+                    await slots.acquire()
+                    self._spawn(conn, items.pop(0), slots)
+        except asyncio.CancelledError:
+            # Ours (the server closes) unless the task was also cancelled from outside.
+            if not conn.unwatch() or reader.uncancel() > 0:
+                raise
+        finally:
+            conn.unwatch()
+            if idle is not None:
+                idle.cancel()
 
     def _items(self, conn: Connection, frame: str | bytes) -> list[Decoded]:
         """Decode a frame, answering at once what must not run."""
@@ -492,6 +482,7 @@ class Handler:
                 for text in conn.take():
                     await send({"type": "websocket.send", "text": text})
                     conn.sent += 1
+                text = ""  # the last frame is not kept while the connection idles
                 if conn.state is State.CLOSING:
                     await send(
                         {
@@ -532,6 +523,36 @@ class Handler:
             await self.hooks.run_after(HookType.DISCONNECT, ctx)
         except ProtocolError as exc:
             error_info(exc, "disconnect")
+
+
+class _IdleTimer:
+    """Closes a connection once it had no traffic either way for ``idle_timeout``.
+
+    Requests in flight and messages sent (notifications included) count as traffic.
+    """
+
+    __slots__ = ("_conn", "_handle", "_timeout")
+
+    def __init__(self, conn: Connection, timeout: float) -> None:
+        self._conn = conn
+        self._timeout = timeout
+        self._handle = asyncio.get_running_loop().call_later(self._timeout, self._check)
+
+    def _check(self) -> None:
+        conn = self._conn
+        if conn.tasks:
+            delay = self._timeout
+        else:
+            quiet = time.monotonic() - conn.last_activity
+            if quiet >= self._timeout:
+                conn.close(1000, "idle timeout")
+                return
+            # Due again when the last traffic is ``idle_timeout`` old.
+            delay = max(self._timeout - quiet, 0.001)
+        self._handle = asyncio.get_running_loop().call_later(delay, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _binary_error() -> ProtocolError:

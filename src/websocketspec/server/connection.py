@@ -12,6 +12,13 @@ Once CLOSING or CLOSED, :meth:`send` drops frames: the client is gone or going.
 A shell that can write without awaiting (the direct ``websockets`` server) gives the
 connection a :class:`FrameSink` instead: frames are written to the socket at once, and
 the bound applies to the transport's write buffer.
+
+The task reading the client's frames registers with :meth:`Connection.watch`: once the
+server decides to close (or a write finds the socket dead), that task is cancelled, so
+that the connection is released at once even if the client never answers the close.
+Nothing waits per idle connection but that reader and, on ASGI, the writer (on a bare
+future, not an event): the outbox exists only while frames wait in it, and a
+direct-route connection never has one.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import deque
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,13 +83,17 @@ class Connection:
         self.received = 0
         self.last_activity = time.monotonic()
         """When a frame last went either way (for the idle timeout)."""
-        self._outbox: deque[str] = deque()
+        self._outbox: list[str] | None = None
         self._queued_bytes = 0
         self._max_queue = max_queue
         self._max_queue_bytes = max_queue_bytes
-        self._wake = asyncio.Event()
-        self.closing = asyncio.Event()
-        """Set once the server decided to close this connection."""
+        self._woken = False
+        """Whether the writer has something to do since it last took the outbox."""
+        self._waiter: asyncio.Future[None] | None = None
+        self._closing: asyncio.Event | None = None
+        self._reader: asyncio.Task[Any] | None = None
+        self._interrupting = False
+        self._interrupted = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.rate: TokenBucket | None = None
         """The message-rate limit, when one is configured."""
@@ -92,6 +102,15 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.name}>"
+
+    @property
+    def closing(self) -> asyncio.Event:
+        """Set once the server decided to close this connection (or it closed)."""
+        if self._closing is None:
+            self._closing = asyncio.Event()
+            if self.state is not State.OPEN:
+                self._closing.set()
+        return self._closing
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a message for the client; never blocks."""
@@ -107,23 +126,23 @@ class Connection:
                 buffered = self.sink.write(text)
             except Exception:  # noqa: BLE001 - a dead socket: the reader will see it close
                 self.state = State.CLOSED
-                self.closing.set()
+                self._wake_all()
                 return
             self.sent += 1
             if buffered > self._max_queue_bytes:
                 self.close(1013, "send queue full: the client reads too slowly")
             return
-        self._outbox.append(text)
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = []
+        outbox.append(text)
         self._queued_bytes += len(text)
-        if (
-            len(self._outbox) > self._max_queue
-            or self._queued_bytes > self._max_queue_bytes
-        ):
-            self._outbox.clear()
+        if len(outbox) > self._max_queue or self._queued_bytes > self._max_queue_bytes:
+            self._outbox = None
             self._queued_bytes = 0
             self.close(1013, "send queue full: the client reads too slowly")
             return
-        self._wake.set()
+        self._wake_writer()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Ask the writer to close the connection after what is queued."""
@@ -133,22 +152,71 @@ class Connection:
             self.close_reason = reason
             if self.sink is not None:
                 self.sink.close(code, reason)
-        self.closing.set()
-        self._wake.set()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Wake the writer and whoever waits for the close; interrupt the reader."""
+        if self._closing is not None:
+            self._closing.set()
+        self._wake_writer()
+        self._interrupt_reader()
+
+    def _interrupt_reader(self) -> None:
+        reader = self._reader
+        if reader is not None and not self._interrupting:
+            self._interrupting = True
+            # Deferred, as an event's waiters are: the reader itself may be closing.
+            reader.get_loop().call_soon(self._interrupt, reader)
+
+    def _interrupt(self, reader: asyncio.Task[Any]) -> None:
+        if self._reader is reader:  # not yet ended
+            self._interrupted = True
+            reader.cancel()
+
+    def watch(self, reader: asyncio.Task[Any]) -> None:
+        """Cancel ``reader`` (the task reading frames) once the server decides to close.
+
+        The reader calls :meth:`unwatch` when it ends, and on ``CancelledError`` takes
+        the cancellation back when :meth:`unwatch` says that it was this one (as
+        ``asyncio.timeout`` does).
+        """
+        self._reader = reader
+        self._interrupting = self._interrupted = False
+        if self.state is not State.OPEN:
+            self._interrupt_reader()
+
+    def unwatch(self) -> bool:
+        """Stop watching the reader; returns whether a close cancelled it."""
+        interrupted = self._interrupted
+        self._reader = None
+        self._interrupting = self._interrupted = False
+        return interrupted
+
+    def _wake_writer(self) -> None:
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def take(self) -> list[str]:
         """Take every queued frame (for the writer)."""
-        frames = list(self._outbox)
-        self._outbox.clear()
+        frames = self._outbox
+        self._outbox = None
         self._queued_bytes = 0
-        self._wake.clear()
-        return frames
+        self._woken = False
+        return frames if frames is not None else []
 
     async def wait(self) -> None:
         """Wait until there is something to send or the connection is closing."""
-        await self._wake.wait()
+        if self._woken:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     @property
     def queued(self) -> int:
         """Frames waiting in the outbox."""
-        return len(self._outbox)
+        return len(self._outbox) if self._outbox is not None else 0

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import urlsplit
 
 from websocketspec.exceptions import (
@@ -46,12 +47,19 @@ log = logging.getLogger(__name__)
 
 
 class _Sink:
-    """Writes frames straight into one connection's transport."""
+    """Writes frames straight into one connection's transport, and reads its frames."""
 
     __slots__ = ("_ws",)
 
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws
+
+    async def read(self) -> str | bytes | None:
+        """The next frame, or ``None`` once the connection is closed."""
+        try:
+            return await self._ws.recv()
+        except ConnectionClosed:
+            return None
 
     def write(self, text: str) -> int:
         ws = self._ws
@@ -237,18 +245,21 @@ class DirectServer:
     # -- connection -----------------------------------------------------------------
 
     async def _serve(self, ws: ServerConnection) -> None:
-        admitted = getattr(ws, "websocketspec_admitted", None)
-        if admitted is None:  # pragma: no cover - process_request always admits first
+        serving = self._serving(ws)
+        if serving is None:  # pragma: no cover - process_request always admits first
             return
-        conn, ctx = admitted
-        conn.sink = _Sink(ws)
-
-        async def next_frame() -> str | bytes | None:
-            try:
-                return await ws.recv()
-            except ConnectionClosed:
-                return None
-
-        await self.handler.serve_connection(conn, ctx, next_frame)
+        await serving
         with contextlib.suppress(ConnectionClosed, OSError):
             await ws.wait_closed()
+
+    def _serving(self, ws: ServerConnection) -> Coroutine[Any, Any, None] | None:
+        # Not a coroutine: nothing but serve_connection holds the connect context,
+        # which it drops once the connect hooks ran.
+        admitted = getattr(ws, "websocketspec_admitted", None)
+        if admitted is None:
+            return None
+        delattr(ws, "websocketspec_admitted")
+        conn, ctx = admitted
+        sink = _Sink(ws)
+        conn.sink = sink
+        return self.handler.serve_connection(conn, ctx, sink.read)

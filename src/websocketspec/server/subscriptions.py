@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from websocketspec.adapters.base import Change
 from websocketspec.exceptions import HookError, ProtocolError
 from websocketspec.hooks import HookContext, HookRegistry, HookType
@@ -38,23 +40,73 @@ __all__ = ["Fanout", "Subscription", "SubscriptionTable"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False, slots=True)
 class Subscription:
-    """One client's standing interest in an entity's changes."""
+    """One client's standing interest in an entity's changes.
 
-    id: str
-    connection: Connection
-    entity: EntityInfo
-    where: Expr | None
-    columns: tuple[str, ...] | None
-    index_key: tuple[str, Any] | None = field(default=None)
-    options: QueryOptions | None = None
-    """The client's own options, kept to re-run the hooks when the identity changes."""
-    since: int = 0
-    """Changes at or before this position of the stream are not for this subscription
-    (the snapshot it was given, or where it resumed from)."""
-    held: list[tuple[int, str, Any, dict[str, Any]]] | None = None
-    """While a replay runs, live notifications wait here."""
+    Thousands of these live per process, mostly idle: each holds what matching needs
+    and, for re-running the hooks when the identity changes, the client's options as
+    the bytes of their JSON (decoded only then).
+    """
+
+    __slots__ = (
+        "_options",
+        "columns",
+        "connection",
+        "entity",
+        "held",
+        "id",
+        "index_key",
+        "since",
+        "where",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        connection: Connection,
+        entity: EntityInfo,
+        where: Expr | None,
+        columns: tuple[str, ...] | None,
+        index_key: tuple[str, Any] | None = None,
+        options: QueryOptions | None = None,
+        since: int = 0,
+        held: list[tuple[int, str, Any, dict[str, Any]]] | None = None,
+    ) -> None:
+        self.id = id
+        self.connection = connection
+        self.entity = entity
+        self.where = where
+        self.columns = columns
+        self.index_key = index_key
+        self.options = options
+        self.since = since
+        """Changes at or before this position of the stream are not for this
+        subscription (the snapshot it was given, or where it resumed from)."""
+        self.held = held
+        """While a replay runs, live notifications wait here."""
+
+    @property
+    def options(self) -> QueryOptions | None:
+        """The client's own options, kept to re-run the hooks when the identity changes.
+
+        Each read decodes a fresh copy.
+        """
+        raw = self._options
+        return None if raw is None else _decode_options(raw)
+
+    @options.setter
+    def options(self, value: QueryOptions | None) -> None:
+        self._options = None if value is None else _encode_options(value)
+
+    def __repr__(self) -> str:
+        return (
+            f"Subscription(id={self.id!r}, entity={self.entity.key!r}, "
+            f"where={self.where!r}, columns={self.columns!r}, since={self.since!r})"
+        )
+
+
+_encode_options = msgspec.json.Encoder().encode
+_decode_options = msgspec.json.Decoder(QueryOptions).decode
 
 
 def _index_key(where: Expr | None) -> tuple[str, Any] | None:
@@ -267,35 +319,32 @@ class Fanout:
     def _deliver_sync(self, change: Change) -> None:
         # Encode once per shape, not once per subscriber: subscribers told the same
         # thing (same operation and change, same columns) share one encoded body, and
-        # only their subscription_id is spliced in front of it.
+        # only their subscription_id is spliced in front of it. What unfiltered
+        # subscribers are told depends on their columns only: worked out once.
         stamp = now()
         bodies: dict[tuple[str, Any, tuple[str, ...] | None], str] = {}
+        unfiltered: dict[tuple[str, ...] | None, tuple[str, str] | None] = {}
+        seq = change.seq
         for sub in list(self.table.candidates(change)):
-            prepared = prepare(sub, change)
-            if prepared is None:
-                continue
-            operation, data, meta = prepared
             conn = sub.connection
             if sub.held is not None or sub.id not in conn.subscriptions:
-                self._send(sub, operation, data, meta, change.seq)
+                prepared = prepare(sub, change)
+                if prepared is not None:
+                    self._send(sub, *prepared, seq)
                 continue
-            shape = (operation, meta.get("change"), sub.columns)
-            body = bodies.get(shape)
-            if body is None:
-                body = bodies[shape] = encode(
-                    {
-                        "schema": sub.entity.schema,
-                        "entity": sub.entity.name,
-                        "data": data,
-                        "metadata": meta,
-                        "timestamp": stamp,
-                    }
-                )[1:]
+            if seq and seq <= sub.since:
+                continue
+            if sub.where is not None:
+                told = _tell(sub, change, stamp, bodies)
+            elif sub.columns in unfiltered:
+                told = unfiltered[sub.columns]
+            else:
+                told = unfiltered[sub.columns] = _tell(sub, change, stamp, bodies)
+            if told is None:
+                continue
+            head, body = told
             # Subscription ids are "sub-" and hex digits: nothing to escape.
-            conn.send_text(
-                f'{{"type":"notification","operation":"{operation}",'
-                f'"subscription_id":"{sub.id}",{body}'
-            )
+            conn.send_text(f'{head}{sub.id}",{body}')
             self.delivered += 1
 
     def _matches(
@@ -414,6 +463,35 @@ class Fanout:
             data = await self._shape(sub, row)
             if data is not None:
                 self._send(sub, operation, data, meta, change.seq)
+
+
+def _tell(
+    sub: Subscription,
+    change: Change,
+    stamp: str,
+    bodies: dict[tuple[str, Any, tuple[str, ...] | None], str],
+) -> tuple[str, str] | None:
+    """A notification's text before the subscription id, and its encoded rest."""
+    prepared = prepare(sub, change)
+    if prepared is None:
+        return None
+    operation, data, meta = prepared
+    shape = (operation, meta.get("change"), sub.columns)
+    body = bodies.get(shape)
+    if body is None:
+        body = bodies[shape] = encode(
+            {
+                "schema": sub.entity.schema,
+                "entity": sub.entity.name,
+                "data": data,
+                "metadata": meta,
+                "timestamp": stamp,
+            }
+        )[1:]
+    return (
+        f'{{"type":"notification","operation":"{operation}","subscription_id":"',
+        body,
+    )
 
 
 def prepare(
