@@ -419,6 +419,34 @@ async def test_writes_without_insert_returning(handler: Handler) -> None:
     ]
 
 
+@pytest.mark.parametrize("returning", [True, False])
+async def test_grouped_creates_answer_each_its_own_row(
+    handler: Handler, returning: bool
+) -> None:
+    """A group of creates: one statement per run of rows naming the same columns
+    where the server returns rows in order, one statement per row otherwise."""
+    adapter = handler.adapter
+    assert isinstance(adapter, SQLAlchemyAdapter)
+    adapter.engine.dialect.insert_returning = returning
+    info = handler.registry.get("users")
+    rows = [
+        {"name": f"g{i}", **({"status": "away"} if i % 3 == 0 else {})}
+        for i in range(40)
+    ]
+    items = [
+        (Write("create", rows=(validate_data(info, row, partial=False),)), _accept)
+        for row in rows
+    ]
+    async with asyncio.timeout(TIMEOUT):
+        outcomes = await adapter.create_group(info, items)
+    created = [result[0] for result, _ in outcomes]
+    assert [(u["name"], u["status"]) for u in created] == [
+        (row["name"], row.get("status", "active")) for row in rows
+    ]
+    assert [u["id"] for u in created] == sorted(u["id"] for u in created)
+    assert sorted(await read(handler, "users"), key=lambda u: u["id"]) == created
+
+
 def test_plain_urls_name_asyncmy() -> None:
     assert async_url("mysql://u:p@127.0.0.1:3306/app") == (
         "mysql+asyncmy://u:p@127.0.0.1:3306/app"

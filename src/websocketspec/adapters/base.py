@@ -203,6 +203,24 @@ class Adapter(ABC):
             LimitError: more than ``write.limit`` rows would change (nothing changes).
         """
 
+    groups_creates = False
+    """Whether :meth:`create_group` is implemented."""
+
+    async def create_group(
+        self, entity: EntityInfo, items: Sequence[tuple[Write, WriteCheck]]
+    ) -> list[tuple[Any, list[Change]]]:
+        """Run several single-row creates of ``entity`` in one transaction.
+
+        The handler groups creates that arrive while others are being written (group
+        commit), but only when no after-hook runs for them, so each ``check`` is pure
+        and may run again. All or none: when any insert or check fails, nothing is
+        written and the error is raised (the handler then runs each create alone).
+
+        Returns:
+            Each create's ``check`` result and change, in the order of ``items``.
+        """
+        raise ConfigurationError(f"{type(self).__name__} cannot group creates")
+
     async def remembered(self, remember: Remember) -> tuple[str, Any] | None:
         """The fingerprint and answer stored for an idempotency key, within its window."""
         raise ConfigurationError(f"{type(self).__name__} cannot keep idempotency keys")

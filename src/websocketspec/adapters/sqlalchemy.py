@@ -34,7 +34,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -79,7 +79,17 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("sqlalchemy", "sqlalchemy") from exc
 
 from websocketspec.adapters import sqlalchemy_mysql as mysql
+from websocketspec.adapters.sqlalchemy_inline import (
+    Busy,
+    InlineConnection,
+    InlineReader,
+    InlineWriter,
+    file_path,
+)
 from websocketspec.adapters.sqlalchemy_log import KEYS, SQLAlchemyChangeLog
+
+if TYPE_CHECKING:
+    from websocketspec.adapters.sqlalchemy_asyncpg import AsyncpgKeyReader
 
 __all__ = ["SQLAlchemyAdapter", "async_url", "create_engine"]
 
@@ -221,7 +231,7 @@ def _bounds(column: sa.Column[Any]) -> tuple[Any, Any] | None:
 class _Mapping:
     """Per-entity SQL objects: the table and the wire-name to column map."""
 
-    __slots__ = ("by_key", "columns", "naive", "selectable", "table")
+    __slots__ = ("by_key", "columns", "json", "naive", "selectable", "table")
 
     def __init__(
         self,
@@ -245,82 +255,16 @@ class _Mapping:
                 or (zoneless and not isinstance(col.type, sa.types.TypeDecorator))
             )
         )
+        self.json = frozenset(
+            name
+            for name, col in columns.items()
+            if isinstance(_stored_type(col), sa.JSON)
+        )
+        """Columns where None would be stored as JSON 'null', not SQL NULL."""
         self.selectable = [
             col.label(name) if col.key != name or col.name != name else col
             for name, col in columns.items()
         ]
-
-
-class _Busy(Exception):  # noqa: N818 - a signal, not an error: fall back to the thread
-    """The inline connection would have to wait for a lock."""
-
-
-class _InlineReader:
-    """A read-only stdlib ``sqlite3`` connection used in the event loop's thread.
-
-    WAL readers never wait for writers; the rare read that would (a checkpoint, a
-    recovery) fails at once (timeout 0) and is retried through aiosqlite's thread.
-    Each read runs outside any transaction, so it sees every committed write.
-    """
-
-    def __init__(self, database: str) -> None:
-        path = database.removeprefix("file:").partition("?")[0]
-        self.engine = sa.create_engine(
-            "sqlite://",
-            creator=lambda: _readonly(path),
-            poolclass=sa.pool.StaticPool,
-        )
-        self._conn: sa.Connection | None = None
-
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[_InlineConnection]:
-        if self._conn is None:
-            self._conn = self.engine.connect()
-        conn = self._conn
-        try:
-            yield _InlineConnection(conn)
-        except DBAPIError as exc:
-            conn.rollback()
-            if "locked" in str(exc.orig) or "busy" in str(exc.orig):
-                raise _Busy from exc
-            raise
-        else:
-            conn.rollback()
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self.engine.dispose()
-
-
-class _InlineConnection:
-    """Gives a sync connection the ``await conn.execute()`` shape; never yields."""
-
-    __slots__ = ("_conn",)
-
-    def __init__(self, conn: sa.Connection) -> None:
-        self._conn = conn
-
-    async def execute(
-        self, stmt: sa.Executable, params: dict[str, Any] | None = None
-    ) -> sa.CursorResult[Any]:
-        return self._conn.execute(stmt, params)
-
-
-def _readonly(path: str) -> Any:
-    import sqlite3
-
-    conn = sqlite3.connect(
-        f"file:{path}?mode=ro",
-        uri=True,
-        timeout=0,
-        check_same_thread=False,
-        isolation_level=None,
-    )
-    conn.create_function("ws_like", 2, sqlite_like, deterministic=True)
-    conn.create_function("ws_ilike", 2, sqlite_ilike, deterministic=True)
-    return conn
 
 
 class SQLAlchemyAdapter(Adapter):
@@ -335,7 +279,17 @@ class SQLAlchemyAdapter(Adapter):
         inline_reads: for SQLite file databases, run reads on a read-only connection
             in the event loop's own thread (a read by key takes tens of microseconds;
             the hop to aiosqlite's thread alone costs about 200). A read that would
-            wait on a lock falls back to the thread at once.
+            wait on a lock falls back to the thread at once. On PostgreSQL with
+            asyncpg, run reads by primary key (without filters or preloads) with
+            asyncpg's ``fetchrow`` on up to five connections of the adapter's own
+            (never more than the engine's ``pool_size``), made like the engine's: one
+            round trip, past SQLAlchemy's pool, greenlets and result objects; values
+            are converted as SQLAlchemy would (:mod:`.sqlalchemy_asyncpg`).
+        inline_writes: for SQLite file databases with ``synchronous`` ``NORMAL`` or
+            ``OFF``, commit groups of creates (:meth:`create_group`) on a connection in
+            the event loop's own thread, in one step of the loop (an insert takes
+            tens of microseconds there, a hop to aiosqlite's thread about 200). When
+            another writer holds the database it falls back to the thread at once.
     """
 
     def __init__(
@@ -344,6 +298,7 @@ class SQLAlchemyAdapter(Adapter):
         *,
         sqlite_synchronous: str = "NORMAL",
         inline_reads: bool = True,
+        inline_writes: bool = True,
     ) -> None:
         self._owns_engine = isinstance(engine, str)
         self.engine: AsyncEngine = (
@@ -365,17 +320,32 @@ class SQLAlchemyAdapter(Adapter):
             if self.dialect == "postgresql"
             else self.engine
         )
-        self._inline: _InlineReader | None = None
+        self._key_reader: AsyncpgKeyReader | None = None
+        if inline_reads and self.engine.dialect.driver == "asyncpg":
+            from websocketspec.adapters.sqlalchemy_asyncpg import AsyncpgKeyReader
+
+            if AsyncpgKeyReader.supports(self.engine):
+                self._key_reader = AsyncpgKeyReader(self.engine)
+        self._inline: InlineReader | None = None
+        self._inline_writer: InlineWriter | None = None
         if self.dialect == "sqlite":
             self._install_sqlite_events()
-            database = self.engine.url.database
+            path = file_path(self.engine.url.database)
+            if path is not None and inline_reads:
+                self._inline = InlineReader(path)
+            # FULL syncs the disk at every commit: never in the event loop.
             if (
-                inline_reads
-                and database
-                and database != ":memory:"
-                and "mode=memory" not in database
+                path is not None
+                and inline_writes
+                and self._sqlite_synchronous
+                in (
+                    "OFF",
+                    "NORMAL",
+                )
             ):
-                self._inline = _InlineReader(database)
+                self._inline_writer = InlineWriter(
+                    path, synchronous=self._sqlite_synchronous
+                )
 
     # -- set-up -------------------------------------------------------------------
 
@@ -426,8 +396,13 @@ class SQLAlchemyAdapter(Adapter):
 
     async def stop(self) -> None:
         """Dispose of the engine if this adapter created it."""
+        if self._key_reader is not None:
+            reader, self._key_reader = self._key_reader, None
+            await reader.close()
         if self._inline is not None:
             self._inline.close()
+        if self._inline_writer is not None:
+            self._inline_writer.close()
         if self._owns_engine:
             await self.engine.dispose()
 
@@ -518,6 +493,8 @@ class SQLAlchemyAdapter(Adapter):
             and not isinstance(column_type, sa.Float)
         ):
             value = round_decimal(value, scale)
+        if value is None and name not in m.json:
+            return None  # plain, so that rows can be inserted many at once
         return self._bind(m, name, value)
 
     def _bind(self, m: _Mapping, name: str, value: Any) -> Any:
@@ -696,7 +673,7 @@ class SQLAlchemyAdapter(Adapter):
             try:
                 with inline.reading() as sconn:
                     return await self._page(sconn, entity, query)
-            except _Busy:
+            except Busy:
                 pass  # through aiosqlite's thread, below
             except SQLAlchemyError as exc:
                 raise _operation_error("read", exc) from exc
@@ -764,6 +741,8 @@ class SQLAlchemyAdapter(Adapter):
             stmt = self._by_key(m, entity)
             name = entity.primary_key[0]
             params = {"ws_key": self._bind(m, name, key[0])}
+            if self._key_reader is not None and not query.preload:
+                return await self._key_reader.read(stmt, params["ws_key"])
         else:
             stmt = sa.select(*m.selectable).where(self._key_clause(m, entity, key))
             where = self.where(m, query.where)
@@ -774,7 +753,7 @@ class SQLAlchemyAdapter(Adapter):
             try:
                 with inline.reading() as conn:
                     return await self._one(conn, stmt, query, params)
-            except _Busy:
+            except Busy:
                 pass  # through aiosqlite's thread, below
             except SQLAlchemyError as exc:
                 raise _operation_error("read", exc) from exc
@@ -873,7 +852,7 @@ class SQLAlchemyAdapter(Adapter):
 
     @asynccontextmanager
     async def _write(self, operation: str) -> AsyncIterator[AsyncConnection]:
-        try:
+        with _write_errors(operation):
             async with self.engine.connect() as conn:
                 if self.dialect == "sqlite":
                     conn = await conn.execution_options(websocketspec_write=True)
@@ -886,17 +865,6 @@ class SQLAlchemyAdapter(Adapter):
                             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
                         )
                     yield conn
-        except ProtocolError:
-            raise
-        except IntegrityError as exc:
-            log.info("%s refused by a constraint: %s", operation, exc.orig)
-            raise OperationError(
-                operation,
-                str(exc.orig),
-                public_message="the database refused the write: a constraint was violated",
-            ) from exc
-        except SQLAlchemyError as exc:
-            raise _operation_error(operation, exc) from exc
 
     def _returning(self, m: _Mapping) -> list[sa.ColumnElement[Any]]:
         return list(m.selectable)
@@ -943,35 +911,99 @@ class SQLAlchemyAdapter(Adapter):
                 changes = await self.log.append(conn, changes)
         return result, changes
 
+    groups_creates = True
+
+    async def create_group(
+        self, entity: EntityInfo, items: Sequence[tuple[Write, WriteCheck]]
+    ) -> list[tuple[Any, list[Change]]]:
+        """Run single-row creates in one transaction, all or none.
+
+        Rows naming the same columns are inserted by one statement where the dialect
+        allows. On a SQLite file database the whole transaction runs in the event
+        loop's thread (see ``inline_writes``): the checks must not wait on anything.
+        """
+        m = self._map(entity)
+        writer = self._inline_writer
+        if writer is not None:
+            try:
+                with _write_errors("create"), writer.writing() as conn:
+                    return await self._create_group(conn, m, entity, items)
+            except Busy:
+                pass  # another writer holds the database: wait for it in the thread
+        async with self._write("create") as aconn:
+            return await self._create_group(aconn, m, entity, items)
+
+    async def _create_group(
+        self,
+        conn: AsyncConnection | InlineConnection,
+        m: _Mapping,
+        entity: EntityInfo,
+        items: Sequence[tuple[Write, WriteCheck]],
+    ) -> list[tuple[Any, list[Change]]]:
+        changes = await self._insert(conn, m, entity, [w.rows[0] for w, _ in items])
+        results = [
+            await check([change])
+            for (_, check), change in zip(items, changes, strict=True)
+        ]
+        if self.log is not None:
+            changes = await self.log.append(conn, changes)
+        return [
+            (result, [change]) for result, change in zip(results, changes, strict=True)
+        ]
+
     async def _insert(
         self,
-        conn: AsyncConnection,
+        conn: AsyncConnection | InlineConnection,
         m: _Mapping,
         entity: EntityInfo,
         rows: Sequence[Record],
     ) -> list[Change]:
-        changes = []
-        returning = conn.dialect.insert_returning
-        for data in rows:
-            values = {
-                m.columns[name].key: self._store(m, name, v) for name, v in data.items()
-            }
-            stmt = sa.insert(m.table).values(values)
-            if returning:
-                new = self._row(
-                    (await conn.execute(stmt.returning(*self._returning(m)))).one()
+        news: list[Record] = []
+        dialect = conn.dialect
+        values = [
+            {m.columns[name].key: self._store(m, name, v) for name, v in data.items()}
+            for data in rows
+        ]
+        # Consecutive rows naming the same columns go in one statement where the
+        # dialect returns their rows in order (PostgreSQL, MariaDB): one round trip.
+        # Not rows holding SQL expressions (a JSON column's SQL NULL): those go alone.
+        many = (
+            dialect.insert_returning
+            and dialect.insert_executemany_returning_sort_by_parameter_order
+        )
+        start = 0
+        while start < len(values):
+            end = start + 1
+            if many and _plain(values[start]):
+                names = values[start].keys()
+                while (
+                    end < len(values)
+                    and values[end].keys() == names
+                    and _plain(values[end])
+                ):
+                    end += 1
+            stmt = sa.insert(m.table)
+            if end - start > 1:
+                returning = stmt.returning(
+                    *self._returning(m), sort_by_parameter_order=True
                 )
+                found = (await conn.execute(returning, values[start:end])).all()
+                news.extend(self._row(r) for r in found)
+            elif dialect.insert_returning:
+                stmt = stmt.values(values[start]).returning(*self._returning(m))
+                news.append(self._row((await conn.execute(stmt)).one()))
             else:
                 # MySQL (and MariaDB before 10.5): re-read by the key the insert took,
                 # auto-increment (lastrowid) or given (defaults are computed before).
-                key = tuple((await conn.execute(stmt)).inserted_primary_key or ())
-                new = await self._reread_one(conn, m, entity, key)
-            changes.append(Change("create", entity.key, None, new))
-        return changes
+                result = await conn.execute(stmt.values(values[start]))
+                key = tuple(result.inserted_primary_key or ())
+                news.append(await self._reread_one(conn, m, entity, key))
+            start = end
+        return [Change("create", entity.key, None, new) for new in news]
 
     async def _reread_one(
         self,
-        conn: AsyncConnection,
+        conn: AsyncConnection | InlineConnection,
         m: _Mapping,
         entity: EntityInfo,
         key: tuple[Any, ...],
@@ -1117,6 +1149,29 @@ class SQLAlchemyAdapter(Adapter):
             .where(KEYS.c.identity == remember.identity, KEYS.c.key == remember.key)
             .values(response=dump(result))
         )
+
+
+def _plain(values: dict[str, Any]) -> bool:
+    """Whether a row's values are all plain (no SQL expression to render)."""
+    return not any(isinstance(v, sa.ClauseElement) for v in values.values())
+
+
+@contextlib.contextmanager
+def _write_errors(operation: str) -> Iterator[None]:
+    """Database errors of a write as :class:`OperationError` (protocol errors pass)."""
+    try:
+        yield
+    except (ProtocolError, Busy):
+        raise
+    except IntegrityError as exc:
+        log.info("%s refused by a constraint: %s", operation, exc.orig)
+        raise OperationError(
+            operation,
+            str(exc.orig),
+            public_message="the database refused the write: a constraint was violated",
+        ) from exc
+    except SQLAlchemyError as exc:
+        raise _operation_error(operation, exc) from exc
 
 
 def _operation_error(operation: str, exc: SQLAlchemyError) -> OperationError:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -34,6 +34,9 @@ from websocketspec.exceptions import MissingDependencyError
 from websocketspec.protocol.values import coerce_row
 from websocketspec.registry import EntityInfo
 from websocketspec.types import Record
+
+if TYPE_CHECKING:
+    from websocketspec.adapters.sqlalchemy_inline import InlineConnection
 
 try:
     import sqlalchemy as sa
@@ -172,7 +175,7 @@ class SQLAlchemyChangeLog:
             pass  # another process created it first
 
     async def append(
-        self, conn: AsyncConnection, changes: Sequence[Change]
+        self, conn: AsyncConnection | InlineConnection, changes: Sequence[Change]
     ) -> list[Change]:
         """Record a transaction's changes of one entity; returns them with positions.
 

@@ -19,12 +19,19 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from websocketspec.adapters.base import Adapter, Change, KeyTakenError, Remember, Write
+from websocketspec.adapters.base import (
+    Adapter,
+    Change,
+    KeyTakenError,
+    Remember,
+    Write,
+    WriteCheck,
+)
 from websocketspec.broker.relay import Relay
 from websocketspec.exceptions import (
     HookError,
@@ -66,6 +73,7 @@ from websocketspec.query import (
 from websocketspec.registry import EntityInfo, ModelRegistry
 from websocketspec.server.config import Config
 from websocketspec.server.connection import Connection
+from websocketspec.server.groups import GroupCommitter
 from websocketspec.server.subscriptions import Fanout, Subscription, SubscriptionTable
 
 __all__ = ["Authenticator", "Dispatcher", "error_info"]
@@ -76,6 +84,23 @@ T = TypeVar("T")
 _fingerprint_encoder = msgspec.json.Encoder(order="sorted")
 _CRUD = frozenset({"read", "create", "update", "delete"})
 _OPERATIONS = {op.value: op for op in Operation}
+_MAX_GROUP = 256
+"""The most creates one grouped transaction holds."""
+
+
+class _TimedOutError(OperationError):
+    """Database work cut off at the request timeout: it may or may not have committed."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Create:
+    """A create waiting for its group (see server/groups.py)."""
+
+    conn: Connection
+    msg: Message
+    entity: EntityInfo
+    write: Write
+    check: WriteCheck
 
 
 def error_info(exc: BaseException, operation: str | None) -> ErrorInfo:
@@ -133,6 +158,9 @@ class Dispatcher:
         self.config = config
         self.limits = config.limits
         self._locks: dict[str, asyncio.Lock] = {}
+        self._groups: GroupCommitter[_Create] = GroupCommitter(
+            self._create_group, max_group=_MAX_GROUP
+        )
         self._abandoned: set[asyncio.Future[Any]] = set()
         self.relay: Relay | None = None
         """Stream positions and history (set by the handler)."""
@@ -215,7 +243,7 @@ class Dispatcher:
         self._abandoned.add(task)
         task.add_done_callback(self._forget)
         log.warning("%s timed out after %ss", operation, self.config.request_timeout)
-        raise OperationError(
+        raise _TimedOutError(
             operation, "timed out", public_message=f"the {operation} timed out"
         )
 
@@ -227,7 +255,8 @@ class Dispatcher:
             )
 
     async def stop(self) -> None:
-        """Wait for database work abandoned at its timeout to unwind."""
+        """Wait for grouped writes, and for database work abandoned at its timeout."""
+        await self._groups.stop()
         if self._abandoned:
             await asyncio.gather(*self._abandoned, return_exceptions=True)
 
@@ -410,6 +439,19 @@ class Dispatcher:
             await self.hooks.run_after(HookType.HANDLE, ctx)
             return ctx.result
 
+        if (
+            op is Operation.CREATE
+            and not write.bulk
+            and write.remember is None
+            and self.adapter.groups_creates
+            # Grouped checks may run twice (see Adapter.create_group): hooks never do.
+            and not self.hooks.has_after(HookType.CREATE)
+            and not self.hooks.has_after(HookType.HANDLE)
+        ):
+            await self._groups.submit(
+                entity.key, _Create(conn, msg, entity, write, check)
+            )
+            return
         async with self._lock(entity.key):
             try:
                 outcome = await self._bounded(
@@ -423,15 +465,64 @@ class Dispatcher:
                 return
             if outcome is None:
                 raise NotFoundError(f"no {entity.name} row has id {ctx.record_id!r}")
-            result, changes = outcome
-            metadata = (
-                {"count": len(changes), "txid": changes[0].txid if changes else None}
-                if write.bulk
-                else None
+            await self._committed(conn, msg, write, *outcome)
+
+    async def _committed(
+        self,
+        conn: Connection,
+        msg: Message,
+        write: Write,
+        result: Any,
+        changes: list[Change],
+    ) -> None:
+        """Answer a committed write, then publish its changes (under the entity's lock)."""
+        metadata = (
+            {"count": len(changes), "txid": changes[0].txid if changes else None}
+            if write.bulk
+            else None
+        )
+        self._reply_committed(conn, msg, result, write.operation, metadata)
+        for change in changes:
+            await self._publish(change)
+
+    async def _create_group(
+        self, key: str, creates: list[_Create]
+    ) -> list[BaseException | None]:
+        """Commit queued creates of one entity together (see server/groups.py)."""
+        entity = creates[0].entity
+        async with self._lock(key):
+            try:
+                outcomes = await self._bounded(
+                    "create",
+                    self.adapter.create_group(
+                        entity, [(c.write, c.check) for c in creates]
+                    ),
+                )
+            except _TimedOutError as exc:
+                return [exc] * len(creates)  # committed or not: no one can tell
+            except Exception as exc:  # noqa: BLE001 - handed to the request(s)
+                if len(creates) == 1:
+                    return [exc]
+                # One of them failed and none was written: each alone, in order.
+                return [await self._create_alone(entity, c) for c in creates]
+            for create, (result, changes) in zip(creates, outcomes, strict=True):
+                await self._committed(
+                    create.conn, create.msg, create.write, result, changes
+                )
+        return [None] * len(creates)
+
+    async def _create_alone(
+        self, entity: EntityInfo, create: _Create
+    ) -> BaseException | None:
+        try:
+            outcome = await self._bounded(
+                "create", self.adapter.write(entity, create.write, create.check)
             )
-            self._reply_committed(conn, msg, result, op.value, metadata)
-            for change in changes:
-                await self._publish(change)
+        except Exception as exc:  # noqa: BLE001 - the request's own error
+            return exc
+        if outcome is not None:
+            await self._committed(create.conn, create.msg, create.write, *outcome)
+        return None
 
     def _plan(self, op: Operation, entity: EntityInfo, ctx: HookContext) -> Write:
         """Validate a write's data, key and filters into a :class:`Write`."""
