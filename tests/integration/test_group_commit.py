@@ -20,8 +20,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.support.models import MODELS
+from tests.support.servers import serve
 from tests.support.wsclient import WSClient
 from websocketspec import Handler
+from websocketspec.adapters.sqlalchemy import SQLAlchemyAdapter
 from websocketspec.exceptions import ValidationError
 from websocketspec.hooks import HookContext, HookType
 from websocketspec.protocol.messages import FilterOption
@@ -206,3 +209,45 @@ async def test_each_answer_is_its_own_row_whatever_columns_it_names(
         assert data["doc"] == row.get("doc")
         again = await writer.ok("read", "things", record_id=data["id"])
         assert again == data
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    "options",
+    [{"inline_writes": False}, {"sqlite_synchronous": "FULL"}],
+    ids=["thread", "full-durability"],
+)
+async def test_grouped_creates_through_aiosqlite_thread(
+    engine: AsyncEngine, shell: str, options: dict[str, Any]
+) -> None:
+    """Without inline writes (turned off, or FULL durability, which never syncs the
+    disk in the event loop) groups go through aiosqlite's thread, with the same
+    answers, notifications and rows."""
+    handler = Handler(SQLAlchemyAdapter(engine, **options))
+    for name, model in MODELS.items():
+        handler.registry.register_model(name, model)
+    async with serve(shell, handler) as base:
+        watcher = await WSClient.connect(f"{base}/ws")
+        writer = await WSClient.connect(f"{base}/ws")
+        try:
+            await watcher.subscribe("users")
+            answers = await burst(
+                writer, "users", [{"name": f"s{i}"} for i in range(100)]
+            )
+            assert all(a["success"] for a in answers)
+            notes = await notified(watcher, 100)
+            assert sorted(n["data"]["id"] for n in notes) == sorted(
+                a["data"]["id"] for a in answers
+            )
+            assert await watcher.drain() == []
+            async with engine.connect() as conn:
+                mode = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+                count = (
+                    await conn.execute(sa.text("SELECT count(*) FROM users"))
+                ).scalar()
+            assert count == 100
+            assert mode == (2 if options.get("sqlite_synchronous") == "FULL" else 1)
+        finally:
+            await watcher.close()
+            await writer.close()
+    await handler.stop()
