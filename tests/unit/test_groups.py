@@ -124,3 +124,16 @@ async def test_stop_waits_for_the_group_being_written() -> None:
     rec.gate.set()
     await stopping
     await task
+
+
+async def test_a_run_breaking_its_contract_answers_every_waiter() -> None:
+    async def short(key: str, items: list[int]) -> list[BaseException | None]:
+        return [None]  # one outcome, whatever the group's size
+
+    groups: GroupCommitter[int] = GroupCommitter(short, max_group=10)
+    outcomes = await asyncio.gather(
+        *(groups.submit("users", i) for i in range(4)), return_exceptions=True
+    )
+    assert outcomes[0] is None
+    assert all(isinstance(o, RuntimeError) for o in outcomes[1:]), outcomes
+    await groups.submit("users", 9)  # the next group is served

@@ -93,10 +93,11 @@ class GroupCommitter(Generic[T]):
                         queued.done.set_exception(error)
                 group = []
         finally:
-            # Cancelled (the loop is closing): nobody may wait forever.
+            # Cancelled (the loop is closing), or ``run`` broke its contract: nobody may
+            # wait forever, nor go unanswered.
             for queued in (*group, *queue):
                 if not queued.done.done():
-                    queued.done.cancel()
+                    queued.done.set_exception(RuntimeError("the write was not run"))
             queue.clear()
             del self._committers[key]
             del self._queues[key]
