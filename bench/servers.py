@@ -15,7 +15,8 @@ All run on uvloop with keepalive pings and compression off, and serve the quicks
 ``users`` and ``posts`` models. The first line printed is ``{"port": N}``; then commands
 arrive as JSON lines on standard input:
 
-- ``hook``: register (``on: true``) or remove the masking after-read hook (framework);
+- ``hook``: register (``on: true``) or remove the masking after-read hook (framework),
+  declared per identity: it looks at the row only;
 - ``marks``: when each change entered the server's fan-out and when the call that
   delivers it returned, by its row's ``name`` (framework: the relay's sink, wrapped;
   with an after-read hook the call only queues the change; raw: around encoding the
@@ -54,7 +55,10 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _mask(ctx: Any) -> None:
-    """The masking after-read hook of the fan-out scenario: hides ``email``."""
+    """The masking after-read hook of the fan-out scenario: hides ``email``.
+
+    It reads nothing but the row, so it is registered ``per_identity``.
+    """
     result = ctx.result
     if isinstance(result, dict) and "email" in result:
         result["email"] = "***"
@@ -107,7 +111,7 @@ class _Framework:
 
         self.handler.hooks.clear()
         if on:
-            self.handler.hooks.register_after(HookType.READ, _mask)
+            self.handler.hooks.register_after(HookType.READ, _mask, per_identity=True)
 
     async def start(self, port: int) -> int:
         if self.kind == "direct":

@@ -7,8 +7,9 @@ Latency per subscriber is its arrival time minus the moment just before the trig
 written (one monotonic clock for all processes): it includes the insert. "from
 publish" starts instead when the change entered the server's fan-out (framework: the
 relay's sink; raw: just before ``websockets.broadcast``). The framework runs each round
-twice: without hooks, and with one masking after-read hook (every subscriber's copy
-passes through it). Variants interleave within each round; round 0 is a warm-up.
+twice: without hooks, and with one masking after-read hook declared per identity (it
+runs once per identity and shape of the notification; the subscribers here are all
+anonymous, one identity). Variants interleave within each round; round 0 is a warm-up.
 Sizes grow by connecting more subscribers, so the same connections serve every size.
 """
 

@@ -6,6 +6,12 @@ before an operation and may change ``ctx.options``, ``ctx.data`` or refuse it by
 order they were registered; the first exception stops the chain. An exception of ours
 (any :class:`~websocketspec.exceptions.ProtocolError`) reaches the client with its code;
 any other becomes ``hook_error``.
+
+An after-``READ`` hook may be declared *per identity* (``after(HookType.READ,
+per_identity=True)``): a promise that what it does to a row depends only on the row and
+on the identity of the connection, never on the connection or subscription itself. When
+every after-read hook is so declared, a notification's hooks run once per identity and
+shape of the notification rather than once per subscriber.
 """
 
 from __future__ import annotations
@@ -134,6 +140,7 @@ class HookRegistry:
     def __init__(self) -> None:
         self._before: dict[HookType, tuple[Hook, ...]] = {}
         self._after: dict[HookType, tuple[Hook, ...]] = {}
+        self._after_per_identity: dict[HookType, bool] = {}
 
     def before(self, hook_type: HookType) -> Callable[[H], H]:
         """Decorator registering a hook to run before ``hook_type``."""
@@ -144,11 +151,18 @@ class HookRegistry:
 
         return register
 
-    def after(self, hook_type: HookType) -> Callable[[H], H]:
-        """Decorator registering a hook to run after ``hook_type``."""
+    def after(
+        self, hook_type: HookType, *, per_identity: bool = False
+    ) -> Callable[[H], H]:
+        """Decorator registering a hook to run after ``hook_type``.
+
+        Args:
+            hook_type: what the hook runs after.
+            per_identity: see :meth:`register_after`.
+        """
 
         def register(hook: H) -> H:
-            self.register_after(hook_type, hook)
+            self.register_after(hook_type, hook, per_identity=per_identity)
             return hook
 
         return register
@@ -160,11 +174,36 @@ class HookRegistry:
             _check(hook),
         )
 
-    def register_after(self, hook_type: HookType, hook: Hook) -> None:
-        """Register a hook to run after ``hook_type``."""
-        self._after[HookType(hook_type)] = (
-            *self._after.get(HookType(hook_type), ()),
-            _check(hook),
+    def register_after(
+        self, hook_type: HookType, hook: Hook, *, per_identity: bool = False
+    ) -> None:
+        """Register a hook to run after ``hook_type``.
+
+        Args:
+            hook_type: what the hook runs after.
+            hook: a plain or async callable taking a :class:`HookContext`.
+            per_identity: only for :attr:`HookType.READ`: the hook promises that what
+                it makes of ``ctx.result`` (and whether it withholds it) depends only on
+                the row and on the connection's identity (``Config.identity``, by
+                default ``metadata["user_id"]``; every connection without one counts as
+                the same identity), never on ``ctx.connection`` otherwise nor on
+                ``ctx.subscription_id``. While every after-read hook is so declared, a
+                notification's hooks run once per identity and shape, on one of that
+                group's subscribers (its connection and subscription id in ``ctx``),
+                and their result reaches the whole group. Reads answered to requests
+                are unaffected.
+
+        Raises:
+            ValueError: ``per_identity`` for a hook type other than ``READ``.
+        """
+        hook_type = HookType(hook_type)
+        if per_identity and hook_type is not HookType.READ:
+            raise ValueError(
+                f"per_identity applies to after-read hooks only, got {hook_type.name}"
+            )
+        self._after[hook_type] = (*self._after.get(hook_type, ()), _check(hook))
+        self._after_per_identity[hook_type] = per_identity and (
+            self._after_per_identity.get(hook_type, True)
         )
 
     def has_before(self, hook_type: HookType) -> bool:
@@ -175,10 +214,15 @@ class HookRegistry:
         """Whether any after hook is registered for ``hook_type``."""
         return bool(self._after.get(hook_type))
 
+    def is_after_per_identity(self, hook_type: HookType) -> bool:
+        """Whether after hooks of ``hook_type`` exist and all were declared per identity."""
+        return self._after_per_identity.get(hook_type, False)
+
     def clear(self) -> None:
         """Remove every hook."""
         self._before.clear()
         self._after.clear()
+        self._after_per_identity.clear()
 
     async def run_before(self, hook_type: HookType, ctx: HookContext) -> None:
         """Run the before hooks of ``hook_type``.

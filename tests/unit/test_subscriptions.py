@@ -9,77 +9,8 @@ replay runs.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
+from tests.support.fanout import World, status_is
 from websocketspec.adapters.base import Change
-from websocketspec.hooks import Handshake, HookRegistry
-from websocketspec.protocol.filters import Condition, Op
-from websocketspec.protocol.values import ColumnType
-from websocketspec.registry import EntityInfo
-from websocketspec.server.connection import Connection
-from websocketspec.server.subscriptions import Fanout, Subscription, SubscriptionTable
-
-HANDSHAKE = Handshake(
-    path="/ws", headers={}, query_params={}, cookies={}, client=None, subprotocols=()
-)
-USERS = EntityInfo(
-    schema="public",
-    name="users",
-    model=None,
-    columns={},
-    relations={},
-    primary_key=("id",),
-)
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-
-    def write(self, text: str) -> int:
-        self.frames.append(json.loads(text))
-        return 0
-
-    def close(self, code: int, reason: str) -> None:
-        pass
-
-
-class World:
-    def __init__(self) -> None:
-        self.table = SubscriptionTable()
-        self.fanout = Fanout(self.table, HookRegistry())
-        self.sinks: dict[str, Sink] = {}
-
-    def subscribe(
-        self,
-        sub_id: str,
-        where: Condition | None = None,
-        columns: tuple[str, ...] | None = None,
-        since: int = 0,
-    ) -> Subscription:
-        conn = Connection(HANDSHAKE, max_queue=10, max_queue_bytes=1 << 20)
-        sink = self.sinks[sub_id] = Sink()
-        conn.sink = sink
-        sub = Subscription(
-            id=sub_id,
-            connection=conn,
-            entity=USERS,
-            where=where,
-            columns=columns,
-            since=since,
-        )
-        conn.subscriptions[sub.id] = sub
-        self.table.add(sub)
-        return sub
-
-    def told(self, sub_id: str) -> list[dict[str, Any]]:
-        return self.sinks[sub_id].frames
-
-
-def status_is(value: str) -> Condition:
-    return Condition("status", Op.EQ, value, ColumnType.STRING)
-
 
 ANN = {"id": 1, "name": "Ann", "status": "active"}
 ANN_AWAY = {"id": 1, "name": "Ann", "status": "away"}

@@ -125,7 +125,9 @@ class Handler:
         self.hooks = HookRegistry()
         self.broker = broker or MemoryBroker()
         self.subscriptions = SubscriptionTable()
-        self.fanout = Fanout(self.subscriptions, self.hooks)
+        self.fanout = Fanout(
+            self.subscriptions, self.hooks, identity=self.config.identity_of
+        )
         self.relay = Relay(self.fanout.deliver, self.fanout.reset)
         self.dispatcher = Dispatcher(
             registry=self.registry,

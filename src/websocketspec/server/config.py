@@ -65,8 +65,21 @@ class Config:
     idempotency_window: float = 24 * 3600.0
     """Seconds an idempotency key is remembered."""
     identity: Callable[[Any], Any] | None = None
-    """Whose idempotency keys a connection uses: a function of the connection (default:
-    ``connection.metadata["user_id"]``, and one shared space for anonymous clients)."""
+    """Who a connection is, as a function of the connection (default:
+    ``connection.metadata["user_id"]``; ``None`` is every anonymous client). It picks
+    whose idempotency keys a connection uses (one shared space for anonymous clients)
+    and, for after-read hooks declared ``per_identity``, which subscribers share one
+    run of them: include here whatever those hooks read of the connection (a tenant,
+    roles)."""
+
+    def identity_of(self, connection: Any) -> Any:
+        """Who ``connection`` is: ``identity(connection)`` when set.
+
+        Else its ``metadata.get("user_id")``: ``None`` for an anonymous connection.
+        """
+        if self.identity is not None:
+            return self.identity(connection)
+        return connection.metadata.get("user_id")
 
     @property
     def limits(self) -> Limits:

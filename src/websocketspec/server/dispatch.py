@@ -588,11 +588,7 @@ class Dispatcher:
                 "metadata.idempotency_key must be a string of 1 to 255 characters",
                 details={"field": "metadata.idempotency_key"},
             )
-        identity = (
-            self.config.identity(conn)
-            if self.config.identity
-            else conn.metadata.get("user_id")
-        )
+        identity = self.config.identity_of(conn)
         payload = [
             msg.operation,
             entity.key,

@@ -10,7 +10,9 @@ left, with the old row).
 
 Fan-out never awaits a client. Changes are processed in the order they arrive; when
 after-read hooks exist (masking), each subscriber's copy passes through them first,
-still in order.
+still in order. When every after-read hook is declared per identity, subscribers of one
+identity told the same thing (operation, enter/stay/leave, columns) share one run of the
+hooks and one encoded body.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ from websocketspec.protocol.filters import Condition, Expr, Group, Op, matches
 from websocketspec.protocol.messages import QueryOptions
 from websocketspec.query import project
 from websocketspec.registry import EntityInfo
+from websocketspec.server.config import Config
 from websocketspec.server.connection import Connection
 
 __all__ = ["Fanout", "Subscription", "SubscriptionTable"]
@@ -255,11 +258,20 @@ class Fanout:
     Args:
         table: the subscriptions to match against.
         hooks: after-read hooks shape each subscriber's copy.
+        identity: who a connection is, for after-read hooks declared per identity
+            (default: :meth:`Config.identity_of` of the default settings).
     """
 
-    def __init__(self, table: SubscriptionTable, hooks: HookRegistry) -> None:
+    def __init__(
+        self,
+        table: SubscriptionTable,
+        hooks: HookRegistry,
+        *,
+        identity: Callable[[Connection], Any] | None = None,
+    ) -> None:
         self.table = table
         self.hooks = hooks
+        self.identity = identity or Config().identity_of
         self._pending: deque[Change | _Reset] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -409,8 +421,15 @@ class Fanout:
                 if seq == 0 or seq > last:
                     self._send(sub, operation, data, meta, seq)
 
-    async def _shape(self, sub: Subscription, row: dict[str, Any]) -> Any:
-        """Run the after-read hooks on one subscriber's copy; ``None`` withholds it."""
+    async def _shape(
+        self, sub: Subscription, row: dict[str, Any], *, sharing: int = 1
+    ) -> Any:
+        """Run the after-read hooks on one subscriber's copy; ``None`` withholds it.
+
+        With per-identity hooks the copy is that of ``sharing`` subscribers, ``sub``
+        being one of them.
+        """
+        others = "" if sharing == 1 else f" and {sharing - 1} more of its identity"
         if not self.hooks.has_after(HookType.READ):
             return row
         ctx = HookContext(
@@ -426,15 +445,17 @@ class Fanout:
             await self.hooks.run_after(HookType.READ, ctx)
         except HookError as exc:
             log.error(
-                "an after-read hook failed; notification withheld from %s",
+                "an after-read hook failed; notification withheld from %s%s",
                 sub.id,
+                others,
                 exc_info=exc.__cause__,
             )
             return None
         except ProtocolError as exc:
             log.info(
-                "an after-read hook withheld a notification from %s: %s",
+                "an after-read hook withheld a notification from %s%s: %s",
                 sub.id,
+                others,
                 exc.message,
             )
             return None
@@ -459,10 +480,95 @@ class Fanout:
         if not self.hooks.has_after(HookType.READ):
             self._deliver_sync(change)
             return
+        if self.hooks.is_after_per_identity(HookType.READ):
+            await self._deliver_per_identity(change)
+            return
         for sub, operation, row, meta in list(self._matches(change)):
             data = await self._shape(sub, row)
             if data is not None:
                 self._send(sub, operation, data, meta, change.seq)
+
+    async def _deliver_per_identity(self, change: Change) -> None:
+        # The hooks promised that their outcome depends on the row and the identity
+        # only, so subscribers of one identity told the same thing form a group: the
+        # hooks run once, on its first subscriber's copy, and the body is encoded once,
+        # each subscription_id spliced in as in _deliver_sync. Hooks may await: whether
+        # a subscription is still live, held or past this change is decided at sending.
+        seq = change.seq
+        groups: dict[tuple[Any, ...], tuple[_Told, list[Subscription]]] = {}
+        unfiltered: dict[tuple[str, ...] | None, _Told | None] = {}
+        unknown = 0
+        for sub in list(self.table.candidates(change)):
+            if sub.id not in sub.connection.subscriptions:
+                continue
+            if sub.where is not None:
+                told = prepare(sub, change)
+            elif seq and seq <= sub.since:
+                continue
+            elif sub.columns in unfiltered:
+                told = unfiltered[sub.columns]
+            else:
+                told = unfiltered[sub.columns] = prepare(sub, change)
+            if told is None:
+                continue
+            try:
+                identity = self.identity(sub.connection)
+                hash(identity)
+            except Exception:  # noqa: BLE001 - one bad identity must not stop a fan-out
+                # Not knowing who it is, the hooks run for this connection alone.
+                identity = (_UNKNOWN, sub.connection.id)
+                unknown += 1
+            operation, _, meta = told
+            key = (identity, operation, meta.get("change"), sub.columns)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = (told, [sub])
+            else:
+                group[1].append(sub)
+        if unknown:
+            log.warning(
+                "the identity of %d subscriber(s) could not be determined; "
+                "their after-read hooks ran per connection",
+                unknown,
+            )
+        stamp = now()
+        for (operation, row, meta), subs in groups.values():
+            data = await self._shape(subs[0], row, sharing=len(subs))
+            if data is None:
+                continue
+            entity = subs[0].entity
+            head = (
+                f'{{"type":"notification","operation":"{operation}","subscription_id":"'
+            )
+            body: str | None = None
+            for sub in subs:
+                conn = sub.connection
+                if sub.id not in conn.subscriptions:
+                    continue
+                if sub.held is not None:
+                    sub.held.append((seq, operation, data, dict(meta)))
+                    continue
+                if seq and seq <= sub.since:
+                    continue
+                if body is None:
+                    body = encode(
+                        {
+                            "schema": entity.schema,
+                            "entity": entity.name,
+                            "data": data,
+                            "metadata": meta,
+                            "timestamp": stamp,
+                        }
+                    )[1:]
+                # Subscription ids are "sub-" and hex digits: nothing to escape.
+                conn.send_text(f'{head}{sub.id}",{body}')
+                self.delivered += 1
+
+
+_Told = tuple[str, dict[str, Any], dict[str, Any]]
+"""What a subscription is told of a change: (operation, data, metadata)."""
+
+_UNKNOWN = object()
 
 
 def _tell(
