@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time as clock
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -374,6 +375,22 @@ def test_pong_is_id_type_and_timestamp_only() -> None:
 
 def test_now_is_rfc3339_utc_ending_in_z() -> None:
     assert_recent_utc(now())
+
+
+def test_now_is_the_current_time_across_a_second_boundary() -> None:
+    # The seconds are cached: the stamps around a boundary must still be exact.
+    clock.sleep(max(0.0, 1 - clock.time() % 1 - 0.02))
+    stamps: list[str] = []
+    deadline = clock.monotonic() + 3
+    while len({s[:19] for s in stamps}) < 2 or len(stamps) % 100:
+        assert clock.monotonic() < deadline
+        before = datetime.now(UTC).replace(tzinfo=None)
+        stamp = now()
+        after = datetime.now(UTC).replace(tzinfo=None)
+        parsed = datetime.fromisoformat(stamp.removesuffix("Z"))
+        assert before - timedelta(microseconds=1) <= parsed <= after, (before, stamp)
+        stamps.append(stamp)
+    assert stamps == sorted(stamps)
 
 
 def test_encode_writes_values_as_the_wire_contract_says() -> None:

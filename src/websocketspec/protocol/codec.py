@@ -8,8 +8,8 @@ every error can be correlated by the client.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -191,9 +191,25 @@ def _convert(obj: dict[str, Any], max_depth: int) -> Decoded:
     return Decoded(message=message, id=msg_id)
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def now() -> str:
-    """The current UTC time in RFC 3339, ending in ``Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The current UTC time in RFC 3339 with microseconds, ending in ``Z``.
+
+    Every response and notification carries one: the seconds are formatted once per
+    second (``strftime`` alone costs more than encoding a small message).
+    """
+    global _second  # a one-entry cache, replaced whole
+    t = time.time()
+    second = int(t)
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (
+            second,
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
+        )
+    return f"{cached[1]}.{int((t - second) * 1_000_000):06d}Z"
 
 
 def encode(message: dict[str, Any]) -> str:

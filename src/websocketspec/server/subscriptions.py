@@ -333,11 +333,14 @@ class Fanout:
         # thing (same operation and change, same columns) share one encoded body, and
         # only their subscription_id is spliced in front of it. What unfiltered
         # subscribers are told depends on their columns only: worked out once.
+        candidates = list(self.table.candidates(change))
+        if not candidates:
+            return
         stamp = now()
         bodies: dict[tuple[str, Any, tuple[str, ...] | None], str] = {}
         unfiltered: dict[tuple[str, ...] | None, tuple[str, str] | None] = {}
         seq = change.seq
-        for sub in list(self.table.candidates(change)):
+        for sub in candidates:
             conn = sub.connection
             if sub.held is not None or sub.id not in conn.subscriptions:
                 prepared = prepare(sub, change)
