@@ -191,12 +191,16 @@ class OperationError(WebSocketSpecError):
         message: str = "the operation failed",
         *,
         public_message: str | None = None,
+        refused: bool = False,
     ) -> None:
         super().__init__(message)
         self.operation = operation
         self.code = f"{operation}_error"
         self.public_message = public_message or f"the {operation} failed"
         """Text safe to show the client (never the database's own words)."""
+        self.refused = refused
+        """The database refused a statement (a constraint, a value): nothing was
+        written. Otherwise (a connection lost, a timeout) it may have been."""
 
 
 class BrokerError(WebSocketSpecError):

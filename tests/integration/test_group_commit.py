@@ -25,7 +25,7 @@ from tests.support.servers import serve
 from tests.support.wsclient import WSClient
 from websocketspec import Handler
 from websocketspec.adapters.sqlalchemy import SQLAlchemyAdapter
-from websocketspec.exceptions import ValidationError
+from websocketspec.exceptions import OperationError, ValidationError
 from websocketspec.hooks import HookContext, HookType
 from websocketspec.protocol.messages import FilterOption
 
@@ -251,3 +251,34 @@ async def test_grouped_creates_through_aiosqlite_thread(
             await watcher.close()
             await writer.close()
     await handler.stop()
+
+
+class LostAtCommit(SQLAlchemyAdapter):
+    """Commits each group, then reports a lost connection (as when the commit's
+    acknowledgement never arrives): whether the rows were written is unknown."""
+
+    async def create_group(self, entity: Any, items: Any) -> Any:
+        await super().create_group(entity, items)
+        raise OperationError("create", "connection lost at commit")
+
+
+async def test_a_group_whose_commit_is_uncertain_is_never_written_again(
+    engine: AsyncEngine, shell: str
+) -> None:
+    handler = Handler(LostAtCommit(engine))
+    for name, model in MODELS.items():
+        handler.registry.register_model(name, model)
+    async with serve(shell, handler) as base:
+        writer = await WSClient.connect(f"{base}/ws")
+        try:
+            answers = await burst(
+                writer, "users", [{"name": f"u{i}"} for i in range(50)]
+            )
+        finally:
+            await writer.close()
+    await handler.stop()
+    assert {a["error"]["code"] for a in answers} == {"create_error"}
+    async with engine.connect() as conn:
+        names = (await conn.execute(sa.text("SELECT name FROM users"))).scalars().all()
+    # Every group was committed once; none was run again create by create.
+    assert sorted(names) == sorted(f"u{i}" for i in range(50))

@@ -213,8 +213,11 @@ class Adapter(ABC):
 
         The handler groups creates that arrive while others are being written (group
         commit), but only when no after-hook runs for them, so each ``check`` is pure
-        and may run again. All or none: when any insert or check fails, nothing is
-        written and the error is raised (the handler then runs each create alone).
+        and may run again. All or none: when any insert or check fails, the error is
+        raised. When it says that nothing was written (a ``ProtocolError`` from a
+        check, an ``OperationError`` with ``refused``) the handler runs each create
+        alone; any other error (a connection lost, perhaps at commit) is the answer to
+        every create of the group, never retried, so that no row is written twice.
 
         Returns:
             Each create's ``check`` result and change, in the order of ``items``.

@@ -73,7 +73,7 @@ from websocketspec.types import Record
 try:
     import sqlalchemy as sa
     from sqlalchemy import event
-    from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+    from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("sqlalchemy", "sqlalchemy") from exc
@@ -1169,6 +1169,15 @@ def _write_errors(operation: str) -> Iterator[None]:
             operation,
             str(exc.orig),
             public_message="the database refused the write: a constraint was violated",
+            refused=True,
+        ) from exc
+    except DataError as exc:
+        log.info("%s refused a value: %s", operation, exc.orig)
+        raise OperationError(
+            operation,
+            str(exc.orig),
+            public_message="the database refused a value of the write",
+            refused=True,
         ) from exc
     except SQLAlchemyError as exc:
         raise _operation_error(operation, exc) from exc

@@ -88,10 +88,6 @@ _MAX_GROUP = 256
 """The most creates one grouped transaction holds."""
 
 
-class _TimedOutError(OperationError):
-    """Database work cut off at the request timeout: it may or may not have committed."""
-
-
 @dataclass(frozen=True, slots=True)
 class _Create:
     """A create waiting for its group (see server/groups.py)."""
@@ -243,7 +239,7 @@ class Dispatcher:
         self._abandoned.add(task)
         task.add_done_callback(self._forget)
         log.warning("%s timed out after %ss", operation, self.config.request_timeout)
-        raise _TimedOutError(
+        raise OperationError(
             operation, "timed out", public_message=f"the {operation} timed out"
         )
 
@@ -498,13 +494,13 @@ class Dispatcher:
                         entity, [(c.write, c.check) for c in creates]
                     ),
                 )
-            except _TimedOutError as exc:
-                return [exc] * len(creates)  # committed or not: no one can tell
             except Exception as exc:  # noqa: BLE001 - handed to the request(s)
-                if len(creates) == 1:
-                    return [exc]
-                # One of them failed and none was written: each alone, in order.
-                return [await self._create_alone(entity, c) for c in creates]
+                if len(creates) > 1 and _nothing_written(exc):
+                    # One of them was refused and none was written: each alone.
+                    return [await self._create_alone(entity, c) for c in creates]
+                # Written or not, no one can tell (a timeout, a connection lost at
+                # commit): running them again could write rows twice.
+                return [exc] * len(creates)
             for create, (result, changes) in zip(creates, outcomes, strict=True):
                 await self._committed(
                     create.conn, create.msg, create.write, result, changes
@@ -863,6 +859,13 @@ class Dispatcher:
         """Remove one subscription of a connection."""
         conn.subscriptions.pop(sub_id, None)
         self.table.remove(sub_id)
+
+
+def _nothing_written(exc: BaseException) -> bool:
+    """Whether a failed write certainly wrote nothing (so it may be run again)."""
+    return isinstance(exc, ProtocolError) or (
+        isinstance(exc, OperationError) and exc.refused
+    )
 
 
 def _key_of(entity: EntityInfo, row: dict[str, Any]) -> Any:
