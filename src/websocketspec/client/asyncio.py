@@ -50,8 +50,10 @@ from websocketspec.exceptions import (
     ServerError,
 )
 from websocketspec.protocol.correlation import (
+    RESET,
     Abandoned,
     Correlation,
+    ErrorReply,
     Notify,
     Position,
     Reply,
@@ -59,6 +61,8 @@ from websocketspec.protocol.correlation import (
     TokenExpired,
     Unroutable,
     build_options,
+    metadata_of,
+    notice,
 )
 
 try:
@@ -168,20 +172,34 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
         future.exception()
 
 
+def _server_error(error: ErrorReply) -> ServerError:
+    """The exception a caller gets for a ``success: false`` answer."""
+    return ServerError(error.code, error.message, error.details)
+
+
+def _no_answer(what: str, limit: float | None) -> RequestTimeoutError:
+    return RequestTimeoutError(f"{what} got no answer within {limit} s")
+
+
+def _notification(sub: Subscription, message: dict[str, Any]) -> Notification:
+    """A received (or synthesised) notification message, as the caller sees it."""
+    return Notification(
+        str(message.get("operation")),
+        message.get("data"),
+        metadata_of(message),
+        sub,
+        message,
+    )
+
+
 def _overflow(sub: Subscription) -> dict[str, Any]:
-    return {
-        "type": "notification",
-        "operation": "reset",
-        "subscription_id": sub.server_id,
-        "schema": sub.schema,
-        "entity": sub.entity,
-        "data": None,
-        "metadata": {
-            "reason": "overflow",
-            "message": f"more than {sub.max_queue} notifications waited to be "
-            "consumed; they were dropped: read again",
-        },
-    }
+    return notice(
+        sub._state,
+        RESET,
+        "overflow",
+        f"more than {sub.max_queue} notifications waited to be "
+        "consumed; they were dropped: read again",
+    )
 
 
 class Subscription:
@@ -261,6 +279,11 @@ class Subscription:
         """End the subscription (on the server too, when connected)."""
         await self._client._unsubscribe(self, timeout)
 
+    async def _unsubscribe_quietly(self) -> None:
+        """Unsubscribe when leaving a block or a loop, ignoring client errors."""
+        with contextlib.suppress(ClientError):
+            await self.unsubscribe()
+
     # -- delivery -----------------------------------------------------------------
 
     def _push(self, notification: Notification) -> None:
@@ -268,10 +291,7 @@ class Subscription:
             return
         if len(self._queue) >= self.max_queue:
             self._queue.clear()
-            message = _overflow(self)
-            notification = Notification(
-                "reset", None, message["metadata"], self, message
-            )
+            notification = _notification(self, _overflow(self))
         self._queue.append(notification)
         self._wake.set()
 
@@ -340,8 +360,7 @@ class Subscription:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        with contextlib.suppress(ClientError):
-            await self.unsubscribe()
+        await self._unsubscribe_quietly()
 
 
 class SubscribeCall:
@@ -376,8 +395,7 @@ class SubscribeCall:
         tb: TracebackType | None,
     ) -> None:
         if self._sub is not None:
-            with contextlib.suppress(ClientError):
-                await self._sub.unsubscribe()
+            await self._sub._unsubscribe_quietly()
 
     def __aiter__(self) -> AsyncIterator[Notification]:
         return self._iterate()
@@ -388,8 +406,7 @@ class SubscribeCall:
             async for change in sub:
                 yield change
         finally:
-            with contextlib.suppress(ClientError):
-                await sub.unsubscribe()
+            await sub._unsubscribe_quietly()
 
 
 @dataclass(slots=True)
@@ -816,7 +833,7 @@ class AsyncClient:
                 else:
                     self._subs.pop(sub.id, None)
                     sub._end(
-                        ServerError(error.code, error.message, error.details)
+                        _server_error(error)
                         if error is not None
                         else ClientError("the subscribe answer was malformed")
                     )
@@ -831,17 +848,7 @@ class AsyncClient:
         sub = self._subs.get(event.key)
         if sub is None:
             return
-        message = event.message
-        meta = message.get("metadata")
-        sub._push(
-            Notification(
-                str(message.get("operation")),
-                message.get("data"),
-                meta if isinstance(meta, dict) else {},
-                sub,
-                message,
-            )
-        )
+        sub._push(_notification(sub, event.message))
         if event.final:
             self._subs.pop(sub.id, None)
             sub._end()
@@ -876,11 +883,14 @@ class AsyncClient:
         session = self._session
         if session is None:
             return
-        message = self._corr.unsubscribe_orphan(server_id)
-        with contextlib.suppress(ConnectionClosed):
-            await session.ws.send(self._encode(message))
+        await self._send_quietly(session, self._corr.unsubscribe_orphan(server_id))
 
     # -- outbound -----------------------------------------------------------------
+
+    async def _send_quietly(self, session: _Session, message: dict[str, Any]) -> None:
+        """Send ``message``; a socket that just died is left to the supervisor."""
+        with contextlib.suppress(ConnectionClosed):
+            await session.ws.send(self._encode(message))
 
     def _timeout(self, timeout: float) -> float | None:
         if math.isnan(timeout):
@@ -926,8 +936,7 @@ class AsyncClient:
             session = await self._usable_session()
             message = build()
             msg_id = message["id"]
-            waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-            self._waiters[msg_id] = waiter
+            waiter = self._wait_for(msg_id)
             try:
                 try:
                     await session.ws.send(self._encode(message))
@@ -940,6 +949,12 @@ class AsyncClient:
             except BaseException:
                 self._forget(msg_id)
                 raise
+
+    def _wait_for(self, msg_id: str) -> asyncio.Future[Reply]:
+        """A future the reader resolves with the answer to ``msg_id``."""
+        waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiters[msg_id] = waiter
+        return waiter
 
     def _forget(self, msg_id: str) -> None:
         self._corr.forget(msg_id)
@@ -958,12 +973,10 @@ class AsyncClient:
             async with asyncio.timeout(limit):
                 reply = await self._exchange(build)
         except TimeoutError:
-            raise RequestTimeoutError(
-                f"{what} got no answer within {limit} s"
-            ) from None
+            raise _no_answer(what, limit) from None
         error = reply.error
         if error is not None:
-            raise ServerError(error.code, error.message, error.details)
+            raise _server_error(error)
         return Response(reply.data, reply.metadata, reply.message)
 
     async def request(
@@ -1244,51 +1257,50 @@ class AsyncClient:
                 self._subs[sub.id] = sub
                 # Not sent when the socket just died: the subscription is detached
                 # with the connection and sent again once reconnected.
-                with contextlib.suppress(ConnectionClosed):
-                    await session.ws.send(self._encode(message))
+                await self._send_quietly(session, message)
                 # Shielded: a timeout must not cancel the future the reader resolves.
                 await asyncio.shield(sub._ready)
                 return sub
         except TimeoutError:
             if sub is not None:
                 await self._abandon(sub)
-            raise RequestTimeoutError(
-                f"subscribe {entity} got no answer within {limit} s"
-            ) from None
+            raise _no_answer(f"subscribe {entity}", limit) from None
         except BaseException:
             if sub is not None and not sub._ready.done():
                 await self._abandon(sub)
             raise
 
-    async def _abandon(self, sub: Subscription) -> None:
+    async def _end_locally(
+        self, sub: Subscription, error: BaseException | None
+    ) -> dict[str, Any] | None:
+        """End ``sub`` on the client; the unsubscribe message to send, if any."""
         self._subs.pop(sub.id, None)
         message = self._corr.unsubscribe(sub.id)
         self._check_resubscribed()
-        sub._end(RequestTimeoutError("the subscribe was abandoned"))
+        sub._end(error)
         await sub._stop_callbacks()
+        return message
+
+    async def _abandon(self, sub: Subscription) -> None:
+        message = await self._end_locally(
+            sub, RequestTimeoutError("the subscribe was abandoned")
+        )
         session = self._session
         if message is not None and session is not None:
             self._corr.forget(message["id"])
-            with contextlib.suppress(ConnectionClosed):
-                await session.ws.send(self._encode(message))
+            await self._send_quietly(session, message)
 
     async def _unsubscribe(self, sub: Subscription, timeout: float) -> None:
         if sub._ended:
             await sub._stop_callbacks()
             return
-        self._subs.pop(sub.id, None)
-        key = sub.id
         # Closed locally at once: nothing more reaches the caller.
-        message = self._corr.unsubscribe(key)
-        self._check_resubscribed()
-        sub._end()
-        await sub._stop_callbacks()
+        message = await self._end_locally(sub, None)
         session = self._session
         if message is None or session is None:
             return
         msg_id = message["id"]
-        waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._waiters[msg_id] = waiter
+        waiter = self._wait_for(msg_id)
         limit = self._timeout(timeout)
         try:
             await session.ws.send(self._encode(message))
@@ -1299,14 +1311,12 @@ class AsyncClient:
         except ConnectionClosedError:
             return
         except TimeoutError:
-            raise RequestTimeoutError(
-                f"unsubscribe got no answer within {limit} s"
-            ) from None
+            raise _no_answer("unsubscribe", limit) from None
         finally:
             self._forget(msg_id)
         error = reply.error
         if error is not None and error.code != "subscription_not_found":
-            raise ServerError(error.code, error.message, error.details)
+            raise _server_error(error)
 
 
 class _Connect:

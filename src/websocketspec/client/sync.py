@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from websocketspec.client.asyncio import (
+    _DEFAULT,
     AsyncClient,
     ConnectionState,
     Notification,
@@ -46,7 +47,6 @@ __all__ = ["Client", "SyncSubscription", "connect"]
 log = logging.getLogger("websocketspec.client")
 
 T = TypeVar("T")
-_DEFAULT = float("nan")
 
 
 @dataclass(frozen=True, slots=True)

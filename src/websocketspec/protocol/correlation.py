@@ -190,8 +190,7 @@ class Reply:
     @property
     def metadata(self) -> dict[str, Any]:
         """The answer's ``metadata`` (empty when absent)."""
-        meta = self.message.get("metadata")
-        return meta if isinstance(meta, dict) else {}
+        return metadata_of(self.message)
 
     @property
     def error(self) -> ErrorReply | None:
@@ -256,6 +255,12 @@ def error_of(message: Mapping[str, Any]) -> ErrorReply:
         str(error.get("message") or ""),
         dict(details) if isinstance(details, Mapping) else None,
     )
+
+
+def metadata_of(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A message's ``metadata`` object (empty when absent or not an object)."""
+    meta = message.get("metadata")
+    return meta if isinstance(meta, dict) else {}
 
 
 def normalize_record_id(record_id: Any) -> str | dict[str, Any]:
@@ -343,32 +348,38 @@ def build_options(
     return merged or None
 
 
-def _reconnected_notice(sub: SubscriptionState, rows: Any) -> dict[str, Any]:
+def notice(
+    sub: SubscriptionState, operation: str, reason: str, text: str, data: Any = None
+) -> dict[str, Any]:
+    """A notification the client makes up itself for ``sub`` (``reset``, ``revoked``).
+
+    It has the shape of the server's, with ``metadata.reason`` and ``metadata.message``.
+    """
     return {
         "type": "notification",
-        "operation": RESET,
+        "operation": operation,
         "subscription_id": sub.server_id,
         "schema": sub.schema,
         "entity": sub.entity,
-        "data": None if rows is None else {"rows": rows},
-        "metadata": {
-            "reason": RECONNECTED,
-            "message": "the connection was re-established; changes made meanwhile "
-            "may have been missed: read again",
-        },
+        "data": data,
+        "metadata": {"reason": reason, "message": text},
     }
+
+
+def _reconnected_notice(sub: SubscriptionState, rows: Any) -> dict[str, Any]:
+    return notice(
+        sub,
+        RESET,
+        RECONNECTED,
+        "the connection was re-established; changes made meanwhile "
+        "may have been missed: read again",
+        None if rows is None else {"rows": rows},
+    )
 
 
 def _ended_notice(sub: SubscriptionState, error: ErrorReply) -> dict[str, Any]:
-    return {
-        "type": "notification",
-        "operation": REVOKED,
-        "subscription_id": None,
-        "schema": sub.schema,
-        "entity": sub.entity,
-        "data": None,
-        "metadata": {"reason": error.code, "message": error.message},
-    }
+    # Made once the subscription is closed, so its subscription_id is None.
+    return notice(sub, REVOKED, error.code, error.message)
 
 
 @dataclass(slots=True)
@@ -535,40 +546,42 @@ class Correlation:
         self._close(sub)
         if server_id is None:
             return None
-        message: dict[str, Any] = {
-            "id": self.next_id(),
-            "type": "subscription",
-            "operation": "unsubscribe",
-            "subscription_id": server_id,
-        }
-        self.track(message, subscription=key)
-        return message
+        return self._unsubscribe_message(server_id, subscription=key)
 
     def unsubscribe_orphan(self, server_id: str) -> dict[str, Any]:
         """The (tracked, internal) unsubscribe of an :class:`Abandoned` subscription."""
+        return self._unsubscribe_message(server_id, internal=True)
+
+    def _unsubscribe_message(
+        self,
+        server_id: str,
+        *,
+        subscription: str | None = None,
+        internal: bool = False,
+    ) -> dict[str, Any]:
         message: dict[str, Any] = {
             "id": self.next_id(),
             "type": "subscription",
             "operation": "unsubscribe",
             "subscription_id": server_id,
         }
-        self.track(message, internal=True)
+        self.track(message, subscription=subscription, internal=internal)
         return message
 
     def _close(self, sub: SubscriptionState) -> None:
-        if sub.server_id is not None:
-            self._by_server.pop(sub.server_id, None)
-        sub.server_id = None
-        sub.request_id = None
-        sub.status = SubscriptionStatus.CLOSED
+        self._unbind(sub, SubscriptionStatus.CLOSED)
         self.subscriptions.pop(sub.key, None)
 
     def _detach(self, sub: SubscriptionState) -> None:
+        self._unbind(sub, SubscriptionStatus.DETACHED)
+
+    def _unbind(self, sub: SubscriptionState, status: SubscriptionStatus) -> None:
+        """Take ``sub`` off the server's ids: nothing is routed to it any more."""
         if sub.server_id is not None:
             self._by_server.pop(sub.server_id, None)
         sub.server_id = None
         sub.request_id = None
-        sub.status = SubscriptionStatus.DETACHED
+        sub.status = status
 
     # -- connection ---------------------------------------------------------------
 
