@@ -39,9 +39,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
@@ -56,6 +55,14 @@ from websocketspec.adapters.base import (
     Write,
     WriteCheck,
 )
+from websocketspec.adapters.changelog import (
+    KEYS_DDL,
+    STREAMS_DDL,
+    load_changes,
+    outbox_ddl,
+    outbox_values,
+    place,
+)
 from websocketspec.adapters.common import (
     INSTALL_LOCK,
     dump,
@@ -64,9 +71,10 @@ from websocketspec.adapters.common import (
     sqlite_ilike,
     sqlite_like,
 )
+from websocketspec.adapters.preload import attach_children, preload_keys
+from websocketspec.adapters.writes import check_row_limit, stamp_batch, updated
 from websocketspec.exceptions import (
     ConfigurationError,
-    LimitError,
     MissingDependencyError,
     OperationError,
     ProtocolError,
@@ -81,7 +89,6 @@ from websocketspec.protocol.filters import (
 from websocketspec.protocol.values import (
     TEXT_TYPES,
     ColumnType,
-    coerce_row,
     normalize,
     to_utc,
 )
@@ -726,9 +733,8 @@ class DjangoAdapter(Adapter):
         for p in preloads:
             rel = p.relation
             tm = self._map(p.target)
-            keys = {tuple(row.get(c) for c in rel.local_columns) for row in rows}
-            keys = {k for k in keys if None not in k}
-            found: dict[tuple[Any, ...], list[Record]] = {}
+            keys = preload_keys(rows, rel)
+            children: list[Record] = []
             if keys:
                 remote = list(rel.remote_columns)
                 if len(remote) == 1:
@@ -768,27 +774,13 @@ class DjangoAdapter(Adapter):
                         .order_by("ws_rank", *order)
                         .values(*tm.names, "ws_rank")
                     )
-                    children = [
+                    raws = [
                         {k: v for k, v in r.items() if k != "ws_rank"} for r in ranked
                     ]
                 else:
-                    children = list(qs.order_by(*order).values(*tm.names))
-                for r in children:
-                    child = self._row(r)
-                    found.setdefault(
-                        tuple(child[c] for c in rel.remote_columns), []
-                    ).append(child)
-            for row in rows:
-                children = found.get(tuple(row.get(c) for c in rel.local_columns), [])
-                if p.columns is not None:
-                    children = [
-                        {c: child.get(c) for c in p.columns} for child in children
-                    ]
-                row[rel.name] = (
-                    children
-                    if rel.kind == "many"
-                    else (children[0] if children else None)
-                )
+                    raws = list(qs.order_by(*order).values(*tm.names))
+                children = [self._row(r) for r in raws]
+            attach_children(rows, p, children)
 
     # -- writes -------------------------------------------------------------------
 
@@ -827,12 +819,7 @@ class DjangoAdapter(Adapter):
                     return None
                 changes = self._change(conn, m, entity, write, olds)
             if write.bulk:
-                txid = uuid.uuid4().hex
-                size = len(changes)
-                changes = [
-                    replace(c, txid=txid, batch_index=i, batch_size=size)
-                    for i, c in enumerate(changes)
-                ]
+                changes = stamp_batch(changes)
             # After-hooks run on the event loop; an ORM call they make through
             # sync_to_async comes back to this thread, inside this transaction.
             result = async_to_sync(check)(changes)
@@ -889,10 +876,7 @@ class DjangoAdapter(Adapter):
         }
         self._filtered(conn, m, target).update(**values)
         news = self._reread(conn, m, entity, keys)
-        return [
-            Change("update", entity.key, old, news[key])
-            for old, key in zip(olds, keys, strict=True)
-        ]
+        return updated(entity.key, olds, keys, news)
 
     def _delete(
         self,
@@ -935,13 +919,7 @@ class DjangoAdapter(Adapter):
         if conn.features.has_select_for_update:
             qs = qs.select_for_update()
         rows = [self._row(r) for r in qs]
-        if write.limit is not None and len(rows) > write.limit:
-            raise LimitError(
-                f"the {write.operation} would change more than {write.limit} rows; "
-                "narrow the filters",
-                code="too_many_rows",
-                details={"max_rows": write.limit},
-            )
+        check_row_limit(write, rows)
         return rows
 
     # -- idempotency ----------------------------------------------------------------
@@ -951,7 +929,7 @@ class DjangoAdapter(Adapter):
             return
         with transaction.atomic(using=self.using), conn.cursor() as cursor:
             _lock_install(conn, cursor)
-            cursor.execute(_KEYS_DDL)
+            cursor.execute(KEYS_DDL)
         self._keys_ready = True
 
     async def remembered(self, remember: Remember) -> tuple[str, Any] | None:
@@ -1010,30 +988,6 @@ class DjangoAdapter(Adapter):
 
 # -- the change log -------------------------------------------------------------------
 
-_STREAMS_DDL = (
-    "CREATE TABLE IF NOT EXISTS websocketspec_streams ("
-    "entity VARCHAR(255) NOT NULL, seq BIGINT NOT NULL, epoch VARCHAR(32) NOT NULL, "
-    "PRIMARY KEY (entity))"
-)
-_OUTBOX_DDL = (
-    "CREATE TABLE IF NOT EXISTS websocketspec_outbox ("
-    "entity VARCHAR(255) NOT NULL, seq BIGINT NOT NULL, operation VARCHAR(16) NOT NULL, "
-    '"old" TEXT, "new" TEXT, txid VARCHAR(32), batch_index INTEGER, batch_size INTEGER, '
-    "created_at {created_at}, PRIMARY KEY (entity, seq))"
-)
-_KEYS_DDL = (
-    "CREATE TABLE IF NOT EXISTS websocketspec_idempotency ("
-    'identity VARCHAR(255) NOT NULL, "key" VARCHAR(255) NOT NULL, '
-    "fingerprint VARCHAR(64) NOT NULL, response TEXT, created_at FLOAT NOT NULL, "
-    'PRIMARY KEY (identity, "key"))'
-)
-"""The tables of :mod:`websocketspec.adapters.sqlalchemy_log`, column for column, so that
-the brokers, the relay and ``websocketspec capture`` work on either adapter's database."""
-
-
-def _dump(row: Record | None) -> str | None:
-    return None if row is None else dump(row)
-
 
 def _lock_install(conn: Any, cursor: Any) -> None:
     """Serialise table creation between processes starting at once (``--workers``)."""
@@ -1070,15 +1024,10 @@ class DjangoChangeLog:
         conn = self._conn
         if conn.vendor != "postgresql":
             self.notify = None
-        created_at = (
-            "TIMESTAMP WITH TIME ZONE DEFAULT now()"
-            if conn.vendor == "postgresql"
-            else "DATETIME DEFAULT CURRENT_TIMESTAMP"
-        )
         with transaction.atomic(using=self.adapter.using), conn.cursor() as cursor:
             _lock_install(conn, cursor)
-            cursor.execute(_STREAMS_DDL)
-            cursor.execute(_OUTBOX_DDL.format(created_at=created_at))
+            cursor.execute(STREAMS_DDL)
+            cursor.execute(outbox_ddl(conn.vendor == "postgresql"))
             for key in entities:
                 cursor.execute(
                     "INSERT INTO websocketspec_streams (entity, seq, epoch) "
@@ -1116,27 +1065,12 @@ class DjangoChangeLog:
                 )
             else:
                 last, epoch = int(row[0]), str(row[1])
-            placed = [
-                replace(c, seq=last - count + 1 + i, epoch=epoch)
-                for i, c in enumerate(changes)
-            ]
+            placed = place(changes, last, epoch)
             cursor.executemany(
                 "INSERT INTO websocketspec_outbox (entity, seq, operation, "
                 '"old", "new", txid, batch_index, batch_size) '
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    [
-                        c.entity,
-                        c.seq,
-                        c.operation,
-                        _dump(c.old),
-                        _dump(c.new),
-                        c.txid or None,
-                        c.batch_index if c.txid else None,
-                        c.batch_size if c.txid else None,
-                    ]
-                    for c in placed
-                ],
+                [list(outbox_values(c)) for c in placed],
             )
             if self.notify is not None:
                 cursor.execute(
@@ -1192,21 +1126,7 @@ class DjangoChangeLog:
 
         stream, low, rows = await self.adapter._run(unit)
         epoch = str(stream[0]) if stream is not None else ""
-        info = self._resolve(entity)
-        changes = [
-            Change(
-                str(op),
-                entity,
-                self._load(info, old),
-                self._load(info, new),
-                int(seq),
-                epoch,
-                txid or "",
-                batch_index or 0,
-                batch_size or 0,
-            )
-            for seq, op, old, new, txid, batch_index, batch_size in rows
-        ]
+        changes = load_changes(entity, epoch, self._resolve(entity), rows)
         return (int(low) if low is not None else 0), changes
 
     async def prune(self, keep: int) -> int:
@@ -1228,13 +1148,6 @@ class DjangoChangeLog:
             return removed
 
         return await self.adapter._run(unit)
-
-    @staticmethod
-    def _load(info: EntityInfo | None, text: str | None) -> Record | None:
-        if text is None:
-            return None
-        raw: dict[str, Any] = msgspec.json.decode(text)
-        return raw if info is None else coerce_row(raw, info.column_types)
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -28,10 +28,8 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -47,8 +45,9 @@ from websocketspec.adapters.base import (
     WriteCheck,
 )
 from websocketspec.adapters.common import dump, round_decimal, sqlite_ilike, sqlite_like
+from websocketspec.adapters.preload import attach_children, preload_keys
+from websocketspec.adapters.writes import check_row_limit, stamp_batch, updated
 from websocketspec.exceptions import (
-    LimitError,
     MissingDependencyError,
     OperationError,
     ProtocolError,
@@ -800,9 +799,8 @@ class SQLAlchemyAdapter(Adapter):
         for p in preloads:
             rel = p.relation
             tm = self._map(p.target)
-            keys = {tuple(row.get(c) for c in rel.local_columns) for row in rows}
-            keys = {k for k in keys if None not in k}
-            found: dict[tuple[Any, ...], list[Record]] = {}
+            keys = preload_keys(rows, rel)
+            children: list[Record] = []
             if keys:
                 remote = [tm.columns[c] for c in rel.remote_columns]
                 match = (
@@ -831,22 +829,8 @@ class SQLAlchemyAdapter(Adapter):
                     )
                 else:
                     stmt = sa.select(*tm.selectable).where(*conditions).order_by(*order)
-                for r in (await conn.execute(stmt)).all():
-                    child = self._row(r)
-                    found.setdefault(
-                        tuple(child[c] for c in rel.remote_columns), []
-                    ).append(child)
-            for row in rows:
-                children = found.get(tuple(row.get(c) for c in rel.local_columns), [])
-                if p.columns is not None:
-                    children = [
-                        {c: child.get(c) for c in p.columns} for child in children
-                    ]
-                row[rel.name] = (
-                    children
-                    if rel.kind == "many"
-                    else (children[0] if children else None)
-                )
+                children = [self._row(r) for r in (await conn.execute(stmt)).all()]
+            attach_children(rows, p, children)
 
     # -- writes -------------------------------------------------------------------
 
@@ -898,12 +882,7 @@ class SQLAlchemyAdapter(Adapter):
                     return None
                 changes = await self._change(conn, m, entity, write, olds)
             if write.bulk:
-                txid = uuid.uuid4().hex
-                size = len(changes)
-                changes = [
-                    replace(c, txid=txid, batch_index=i, batch_size=size)
-                    for i, c in enumerate(changes)
-                ]
+                changes = stamp_batch(changes)
             result = await check(changes)
             if write.remember is not None:
                 await self._remember(conn, write.remember, result)
@@ -1048,10 +1027,7 @@ class SQLAlchemyAdapter(Adapter):
             tuple(new[name] for name in entity.primary_key): new
             for new in (self._row(r) for r in found)
         }
-        return [
-            Change("update", entity.key, old, news[key])
-            for old, key in zip(olds, keys, strict=True)
-        ]
+        return updated(entity.key, olds, keys, news)
 
     async def _locked(
         self,
@@ -1073,13 +1049,7 @@ class SQLAlchemyAdapter(Adapter):
         if self.dialect != "sqlite":
             stmt = stmt.with_for_update()
         rows = [self._row(r) for r in (await conn.execute(stmt)).all()]
-        if write.limit is not None and len(rows) > write.limit:
-            raise LimitError(
-                f"the {write.operation} would change more than {write.limit} rows; "
-                "narrow the filters",
-                code="too_many_rows",
-                details={"max_rows": write.limit},
-            )
+        check_row_limit(write, rows)
         return rows
 
     # -- idempotency ----------------------------------------------------------------

@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
-
-import msgspec
+from typing import TYPE_CHECKING
 
 from websocketspec.adapters.base import Change
-from websocketspec.adapters.common import INSTALL_LOCK, dump, new_epoch
+from websocketspec.adapters.changelog import (
+    OUTBOX_COLUMNS,
+    load_changes,
+    outbox_values,
+    place,
+)
+from websocketspec.adapters.common import INSTALL_LOCK, new_epoch
 from websocketspec.exceptions import MissingDependencyError
-from websocketspec.protocol.values import coerce_row
 from websocketspec.registry import EntityInfo
-from websocketspec.types import Record
 
 if TYPE_CHECKING:
     from websocketspec.adapters.sqlalchemy_inline import InlineConnection
@@ -106,10 +107,6 @@ KEYS = sa.Table(
     ),
 )
 """Idempotency keys: the answer of each keyed write, per identity (created on first use)."""
-
-
-def _dump(row: Record | None) -> str | None:
-    return None if row is None else dump(row)
 
 
 async def lock_install(conn: AsyncConnection) -> None:
@@ -218,25 +215,12 @@ class SQLAlchemyChangeLog:
             last = count
         else:
             last, epoch = int(row[0]), str(row[1])
-        placed = [
-            replace(c, seq=last - count + 1 + i, epoch=epoch)
-            for i, c in enumerate(changes)
-        ]
+        placed = place(changes, last, epoch)
         # This process publishes these itself right after commit: the broker need not
         # fetch them when their NOTIFY comes back (see PostgresBroker).
         self.appended[entity] = max(self.appended.get(entity, 0), last)
         rows = [
-            {
-                "entity": c.entity,
-                "seq": c.seq,
-                "operation": c.operation,
-                "old": _dump(c.old),
-                "new": _dump(c.new),
-                "txid": c.txid or None,
-                "batch_index": c.batch_index if c.txid else None,
-                "batch_size": c.batch_size if c.txid else None,
-            }
-            for c in placed
+            dict(zip(OUTBOX_COLUMNS, outbox_values(c), strict=True)) for c in placed
         ]
         insert = sa.insert(OUTBOX).values(rows)
         if self.notify is not None:
@@ -306,21 +290,7 @@ class SQLAlchemyChangeLog:
                 )
             ).all()
         epoch = str(stream[0]) if stream is not None else ""
-        info = self._resolve(entity)
-        changes = [
-            Change(
-                str(op),
-                entity,
-                self._load(info, old),
-                self._load(info, new),
-                int(seq),
-                epoch,
-                txid or "",
-                batch_index or 0,
-                batch_size or 0,
-            )
-            for seq, op, old, new, txid, batch_index, batch_size in rows
-        ]
+        changes = load_changes(entity, epoch, self._resolve(entity), rows)
         return (int(low) if low is not None else 0), changes
 
     async def prune(self, keep: int) -> int:
@@ -337,10 +307,3 @@ class SQLAlchemyChangeLog:
                 )
                 removed += result.rowcount or 0
         return removed
-
-    @staticmethod
-    def _load(info: EntityInfo | None, text: str | None) -> Record | None:
-        if text is None:
-            return None
-        raw: dict[str, Any] = msgspec.json.decode(text)
-        return raw if info is None else coerce_row(raw, info.column_types)

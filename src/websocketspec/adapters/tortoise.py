@@ -41,7 +41,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from datetime import time as time_of_day
 from decimal import Decimal, InvalidOperation
@@ -59,9 +59,10 @@ from websocketspec.adapters.base import (
     WriteCheck,
 )
 from websocketspec.adapters.common import dump, round_decimal, sqlite_ilike, sqlite_like
+from websocketspec.adapters.preload import attach_children, preload_keys
+from websocketspec.adapters.writes import check_row_limit, stamp_batch, updated
 from websocketspec.exceptions import (
     ConfigurationError,
-    LimitError,
     MissingDependencyError,
     OperationError,
     ProtocolError,
@@ -772,9 +773,8 @@ class TortoiseAdapter(Adapter):
         for pre in preloads:
             rel = pre.relation
             tm = self._map(pre.target)
-            keys = {tuple(row.get(c) for c in rel.local_columns) for row in rows}
-            keys = {k for k in keys if None not in k}
-            found: dict[tuple[Any, ...], list[Record]] = {}
+            keys = preload_keys(rows, rel)
+            children: list[Record] = []
             if keys:
                 p = Params(self.pg)
                 remote = [tm.columns[c] for c in rel.remote_columns]
@@ -810,22 +810,11 @@ class TortoiseAdapter(Adapter):
                         f"SELECT {tm.select} FROM {tm.table} WHERE {where} "
                         f"ORDER BY {order}"
                     )
-                for raw in await db.execute_query_dict(statement, p.values):
-                    child = self._row(tm, raw)
-                    found.setdefault(
-                        tuple(child[c] for c in rel.remote_columns), []
-                    ).append(child)
-            for row in rows:
-                children = found.get(tuple(row.get(c) for c in rel.local_columns), [])
-                if pre.columns is not None:
-                    children = [
-                        {c: child.get(c) for c in pre.columns} for child in children
-                    ]
-                row[rel.name] = (
-                    children
-                    if rel.kind == "many"
-                    else (children[0] if children else None)
-                )
+                children = [
+                    self._row(tm, raw)
+                    for raw in await db.execute_query_dict(statement, p.values)
+                ]
+            attach_children(rows, pre, children)
 
     # -- writes -------------------------------------------------------------------
 
@@ -855,12 +844,7 @@ class TortoiseAdapter(Adapter):
                     return None
                 changes = await self._change(db, m, entity, write, olds)
             if write.bulk:
-                txid = uuid.uuid4().hex
-                size = len(changes)
-                changes = [
-                    replace(c, txid=txid, batch_index=i, batch_size=size)
-                    for i, c in enumerate(changes)
-                ]
+                changes = stamp_batch(changes)
             result = await check(changes)
             if write.remember is not None:
                 await self._remember(db, write.remember, result)
@@ -927,13 +911,7 @@ class TortoiseAdapter(Adapter):
         rows = [
             self._row(m, r) for r in await db.execute_query_dict(statement, p.values)
         ]
-        if write.limit is not None and len(rows) > write.limit:
-            raise LimitError(
-                f"the {write.operation} would change more than {write.limit} rows; "
-                "narrow the filters",
-                code="too_many_rows",
-                details={"max_rows": write.limit},
-            )
+        check_row_limit(write, rows)
         return rows
 
     async def _change(
@@ -970,10 +948,7 @@ class TortoiseAdapter(Adapter):
             p.values,
         )
         news = {new[pk]: new for new in (self._row(m, r) for r in found)}
-        return [
-            Change("update", entity.key, old, news[key])
-            for old, key in zip(olds, keys, strict=True)
-        ]
+        return updated(entity.key, olds, keys, news)
 
     # -- idempotency ----------------------------------------------------------------
 

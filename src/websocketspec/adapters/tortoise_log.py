@@ -17,38 +17,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import replace
 from typing import Any, Protocol
 
-import msgspec
-
 from websocketspec.adapters.base import Change
-from websocketspec.adapters.common import INSTALL_LOCK, dump, new_epoch
-from websocketspec.protocol.values import coerce_row
+from websocketspec.adapters.changelog import (
+    CHANGE_COLUMNS,
+    KEYS_DDL,
+    OUTBOX_DDL,
+    STREAMS_DDL,
+    load_changes,
+    outbox_ddl,
+    outbox_values,
+    place,
+)
+from websocketspec.adapters.common import INSTALL_LOCK, new_epoch
 from websocketspec.registry import EntityInfo
-from websocketspec.types import Record
 
 __all__ = ["KEYS_DDL", "OUTBOX_DDL", "STREAMS_DDL", "Params", "TortoiseChangeLog"]
-
-
-STREAMS_DDL = (
-    "CREATE TABLE IF NOT EXISTS websocketspec_streams ("
-    "entity VARCHAR(255) NOT NULL, seq BIGINT NOT NULL, epoch VARCHAR(32) NOT NULL, "
-    "PRIMARY KEY (entity))"
-)
-OUTBOX_DDL = (
-    "CREATE TABLE IF NOT EXISTS websocketspec_outbox ("
-    "entity VARCHAR(255) NOT NULL, seq BIGINT NOT NULL, operation VARCHAR(16) NOT NULL, "
-    '"old" TEXT, "new" TEXT, txid VARCHAR(32), batch_index INTEGER, batch_size INTEGER, '
-    "created_at {created_at}, PRIMARY KEY (entity, seq))"
-)
-KEYS_DDL = (
-    "CREATE TABLE IF NOT EXISTS websocketspec_idempotency ("
-    'identity VARCHAR(255) NOT NULL, "key" VARCHAR(255) NOT NULL, '
-    "fingerprint VARCHAR(64) NOT NULL, response TEXT, created_at FLOAT NOT NULL, "
-    'PRIMARY KEY (identity, "key"))'
-)
-"""The idempotency keys: the answer of each keyed write, per identity."""
 
 
 class Params:
@@ -131,15 +116,10 @@ class TortoiseChangeLog:
 
     async def install(self, entities: Sequence[EntityInfo]) -> None:
         """Create the tables when missing and a stream row for every entity."""
-        created_at = (
-            "TIMESTAMP WITH TIME ZONE DEFAULT now()"
-            if self.pg
-            else "DATETIME DEFAULT CURRENT_TIMESTAMP"
-        )
         async with self.units.unit("create") as db:
             await lock_install(db, self.pg)
             await db.execute_query_dict(STREAMS_DDL)
-            await db.execute_query_dict(OUTBOX_DDL.format(created_at=created_at))
+            await db.execute_query_dict(outbox_ddl(self.pg))
         # On SQLite the tables may have existed, and their check read first: take the
         # write lock before writing, or another process's commit could refuse ours.
         async with self.units.unit("create", lock="websocketspec_streams") as db:
@@ -186,21 +166,13 @@ class TortoiseChangeLog:
                 f"VALUES ({p(entity)}, {p(last)}, {p(epoch)})",
                 p.values,
             )
-        placed = [
-            replace(c, seq=last - count + 1 + i, epoch=epoch)
-            for i, c in enumerate(changes)
-        ]
+        placed = place(changes, last, epoch)
         # This process publishes these itself right after commit: the broker need not
         # fetch them when their NOTIFY comes back (see PostgresBroker).
         self.appended[entity] = max(self.appended.get(entity, 0), last)
         p = Params(self.pg)
         rows = ", ".join(
-            f"({p(c.entity)}, {p(c.seq)}, {p(c.operation)}, "
-            f"{p(None if c.old is None else dump(c.old))}, "
-            f"{p(None if c.new is None else dump(c.new))}, {p(c.txid or None)}, "
-            f"{p(c.batch_index if c.txid else None)}, "
-            f"{p(c.batch_size if c.txid else None)})"
-            for c in placed
+            f"({', '.join(p(v) for v in outbox_values(c))})" for c in placed
         )
         insert = (
             "INSERT INTO websocketspec_outbox (entity, seq, operation, "
@@ -259,21 +231,12 @@ class TortoiseChangeLog:
             )
         epoch = str(stream[0]["epoch"]) if stream else ""
         lowest = low[0]["low"] if low else None
-        info = self._resolve(entity)
-        changes = [
-            Change(
-                str(r["operation"]),
-                entity,
-                self._load(info, r["old"]),
-                self._load(info, r["new"]),
-                int(r["seq"]),
-                epoch,
-                r["txid"] or "",
-                r["batch_index"] or 0,
-                r["batch_size"] or 0,
-            )
-            for r in rows
-        ]
+        changes = load_changes(
+            entity,
+            epoch,
+            self._resolve(entity),
+            ([r[name] for name in CHANGE_COLUMNS] for r in rows),
+        )
         return (int(lowest) if lowest is not None else 0), changes
 
     async def prune(self, keep: int) -> int:
@@ -293,10 +256,3 @@ class TortoiseChangeLog:
                 )
                 removed += len(gone)
         return removed
-
-    @staticmethod
-    def _load(info: EntityInfo | None, text: str | None) -> Record | None:
-        if text is None:
-            return None
-        raw: dict[str, Any] = msgspec.json.decode(text)
-        return raw if info is None else coerce_row(raw, info.column_types)
