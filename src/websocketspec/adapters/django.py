@@ -72,7 +72,12 @@ from websocketspec.adapters.common import (
     sqlite_like,
 )
 from websocketspec.adapters.preload import attach_children, preload_keys
-from websocketspec.adapters.writes import check_row_limit, stamp_batch, updated
+from websocketspec.adapters.writes import (
+    check_row_limit,
+    refused,
+    stamp_batch,
+    updated,
+)
 from websocketspec.exceptions import (
     ConfigurationError,
     MissingDependencyError,
@@ -126,8 +131,6 @@ log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-
-_PUBLIC_CONSTRAINT = "the database refused the write: a constraint was violated"
 
 _INTEGER_BOUNDS = {
     "SmallIntegerField": (-(2**15), 2**15 - 1),
@@ -794,10 +797,7 @@ class DjangoAdapter(Adapter):
         except (ProtocolError, KeyTakenError):
             raise
         except IntegrityError as exc:
-            log.info("%s refused by a constraint: %s", operation, exc)
-            raise OperationError(
-                operation, str(exc), public_message=_PUBLIC_CONSTRAINT
-            ) from exc
+            raise refused(operation, exc) from exc
         except DjangoError as exc:
             raise _operation_error(operation, exc) from exc
 

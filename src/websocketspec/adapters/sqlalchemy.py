@@ -46,7 +46,12 @@ from websocketspec.adapters.base import (
 )
 from websocketspec.adapters.common import dump, round_decimal, sqlite_ilike, sqlite_like
 from websocketspec.adapters.preload import attach_children, preload_keys
-from websocketspec.adapters.writes import check_row_limit, stamp_batch, updated
+from websocketspec.adapters.writes import (
+    check_row_limit,
+    refused,
+    stamp_batch,
+    updated,
+)
 from websocketspec.exceptions import (
     MissingDependencyError,
     OperationError,
@@ -1134,20 +1139,10 @@ def _write_errors(operation: str) -> Iterator[None]:
     except (ProtocolError, Busy):
         raise
     except IntegrityError as exc:
-        log.info("%s refused by a constraint: %s", operation, exc.orig)
-        raise OperationError(
-            operation,
-            str(exc.orig),
-            public_message="the database refused the write: a constraint was violated",
-            refused=True,
-        ) from exc
+        raise refused(operation, exc.orig or exc) from exc
     except DataError as exc:
-        log.info("%s refused a value: %s", operation, exc.orig)
-        raise OperationError(
-            operation,
-            str(exc.orig),
-            public_message="the database refused a value of the write",
-            refused=True,
+        raise refused(
+            operation, exc.orig or exc, "a value did not fit its column"
         ) from exc
     except SQLAlchemyError as exc:
         raise _operation_error(operation, exc) from exc

@@ -60,7 +60,12 @@ from websocketspec.adapters.base import (
 )
 from websocketspec.adapters.common import dump, round_decimal, sqlite_ilike, sqlite_like
 from websocketspec.adapters.preload import attach_children, preload_keys
-from websocketspec.adapters.writes import check_row_limit, stamp_batch, updated
+from websocketspec.adapters.writes import (
+    check_row_limit,
+    refused,
+    stamp_batch,
+    updated,
+)
 from websocketspec.exceptions import (
     ConfigurationError,
     MissingDependencyError,
@@ -112,8 +117,6 @@ from websocketspec.adapters.tortoise_log import (
 __all__ = ["TortoiseAdapter", "TortoiseChangeLog", "tortoise_url"]
 
 log = logging.getLogger(__name__)
-
-_CONSTRAINT = "the database refused the write: a constraint was violated"
 
 _INTEGRITY: tuple[type[BaseException], ...] = (
     TortoiseIntegrityError,
@@ -578,10 +581,7 @@ class TortoiseAdapter(Adapter):
         except (ProtocolError, KeyTakenError, OperationError):
             raise
         except _INTEGRITY as exc:
-            log.info("%s refused by a constraint: %s", operation, exc)
-            raise OperationError(
-                operation, str(exc), public_message=_CONSTRAINT
-            ) from exc
+            raise refused(operation, exc) from exc
         except _DRIVER as exc:
             raise _operation_error(operation, exc) from exc
 

@@ -1,25 +1,46 @@
 """What a write does the same on every adapter, with no ORM.
 
-The row limit of a multi-row write, the changes an update makes, and the batch fields
-of a multi-row write's changes; each adapter runs the statements.
+The row limit of a multi-row write, the changes an update makes, the batch fields of a
+multi-row write's changes, and the error a refused statement becomes; each adapter runs
+the statements.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from websocketspec.adapters.base import Change, Write
-from websocketspec.exceptions import LimitError
+from websocketspec.exceptions import LimitError, OperationError
 from websocketspec.types import Record
 
 __all__ = [
     "check_row_limit",
+    "refused",
     "stamp_batch",
     "updated",
 ]
+
+log = logging.getLogger(__name__)
+
+
+def refused(
+    operation: str, exc: BaseException, what: str = "a constraint was violated"
+) -> OperationError:
+    """The error for a statement the database refused (nothing was written).
+
+    The database's own words go to the log only; the client reads ``what``.
+    """
+    log.info("%s refused by the database: %s", operation, exc)
+    return OperationError(
+        operation,
+        str(exc),
+        public_message=f"the database refused the write: {what}",
+        refused=True,
+    )
 
 
 def check_row_limit(write: Write, rows: Sequence[Record]) -> None:
