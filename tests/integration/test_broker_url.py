@@ -17,12 +17,12 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from tests.support.databases import create_database, drop_database
-from tests.support.models import MODELS, Base
+from tests.support.databases import models_database
+from tests.support.models import MODELS
 from tests.support.servers import serve
 from tests.support.wsclient import WSClient
 from websocketspec import Handler
-from websocketspec.adapters.sqlalchemy import SQLAlchemyAdapter, create_engine
+from websocketspec.adapters.sqlalchemy import SQLAlchemyAdapter
 from websocketspec.broker import broker_from_url
 from websocketspec.broker.postgres import PostgresBroker
 from websocketspec.broker.redis import RedisBroker
@@ -73,15 +73,8 @@ def test_an_empty_or_repeated_channel_is_refused(url: str) -> None:
 
 @pytest.fixture
 async def database() -> AsyncIterator[str]:
-    url = await create_database()
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-    finally:
-        await engine.dispose()
-    yield url
-    await drop_database(url)
+    async with models_database() as url:
+        yield url
 
 
 async def create_through(broker_url: str, database: str) -> dict[str, Any]:

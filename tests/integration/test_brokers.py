@@ -34,7 +34,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import sqlalchemy as sa
 
-from tests.support.databases import admin_url, create_database, drop_database
+from tests.support.databases import (
+    admin_url,
+    create_database,
+    drop_database,
+    models_database,
+)
 from tests.support.models import MODELS, Base, User
 from tests.support.proxy import TCPProxy, running_proxy
 from tests.support.wsclient import WSClient
@@ -154,17 +159,8 @@ def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRe
 @pytest.fixture
 async def database() -> AsyncIterator[str]:
     """A fresh PostgreSQL database with the test models' empty tables."""
-    async with asyncio.timeout(TIMEOUT):
-        url = await create_database()
-        engine = create_engine(url)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.create_all)
-        finally:
-            await engine.dispose()
-    yield url
-    async with asyncio.timeout(TIMEOUT):
-        await drop_database(url)
+    async with models_database() as url:
+        yield url
 
 
 def via_proxy(url: str, proxy: TCPProxy) -> str:

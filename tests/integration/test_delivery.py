@@ -29,7 +29,7 @@ import os
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,8 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.support.databases import create_database, drop_database
-from tests.support.models import Base, Post, Thing, User
+from tests.support.databases import models_database
+from tests.support.models import Post, Thing, User
 from tests.support.servers import serve
 from tests.support.wsclient import WSClient
 from websocketspec import (
@@ -118,26 +118,9 @@ class Node:
         return adapter
 
 
-@asynccontextmanager
-async def shared_database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+def shared_database(backend: str, tmp_path: Path) -> AbstractAsyncContextManager[str]:
     """A database of the test's own with the models' tables (for shared brokers)."""
-    async with asyncio.timeout(TIMEOUT):
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path / 'shared.db'}"
-        else:
-            url = await create_database()
-        engine = create_engine(url)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.create_all)
-        finally:
-            await engine.dispose()
-    try:
-        yield url
-    finally:
-        if backend == "postgresql":
-            async with asyncio.timeout(TIMEOUT):
-                await drop_database(url)
+    return models_database(tmp_path / "shared.db" if backend == "sqlite" else None)
 
 
 @pytest.fixture

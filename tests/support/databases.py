@@ -8,12 +8,17 @@ message saying how to start one: ``scripts/test.sh`` starts a private instance.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SETUP_TIMEOUT = 60.0
 
 
 def admin_url() -> str:
@@ -51,3 +56,32 @@ async def drop_database(url: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def models_database(sqlite_file: Path | None = None) -> AsyncIterator[str]:
+    """A database of its own holding the test models' empty tables; yields its URL.
+
+    PostgreSQL (created here, dropped after), or the SQLite file ``sqlite_file``.
+    """
+    from tests.support.models import Base
+    from websocketspec.adapters.sqlalchemy import create_engine
+
+    async with asyncio.timeout(SETUP_TIMEOUT):
+        url = (
+            f"sqlite:///{sqlite_file}"
+            if sqlite_file is not None
+            else await create_database()
+        )
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.create_all)
+        finally:
+            await engine.dispose()
+    try:
+        yield url
+    finally:
+        if sqlite_file is None:
+            async with asyncio.timeout(SETUP_TIMEOUT):
+                await drop_database(url)
