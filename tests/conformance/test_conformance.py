@@ -31,13 +31,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.databases import create_database, drop_database
+from tests.support.parity import TEXT_OPS, Column, like_escape, make_column
 from tests.support.servers import serve
 from tests.support.wsclient import WSClient
 from websocketspec import Config, Handler, HookContext, HookType, ValidationError
 from websocketspec.adapters.base import Change, Write
 from websocketspec.protocol.filters import Op, compile_filters, matches
 from websocketspec.protocol.messages import FilterOption, QueryOptions
-from websocketspec.protocol.values import ORDERED_TYPES, TEXT_TYPES, ColumnType
+from websocketspec.protocol.values import TEXT_TYPES, ColumnType
 from websocketspec.query import Limits, build_read_query, validate_data
 from websocketspec.types import Record
 
@@ -846,65 +847,33 @@ moments = st.datetimes(
         [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]
     ),
 ).map(lambda d: d.isoformat())
-TEXT_OPS = [Op.LIKE, Op.ILIKE, Op.CONTAINS, Op.STARTSWITH, Op.ENDSWITH]
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: ColumnType
-    nullable: bool
-    rows: st.SearchStrategy[Any]
-    filters: st.SearchStrategy[Any]
-
-    @property
-    def operators(self) -> list[Op]:
-        if self.type is ColumnType.JSON:
-            return [Op.IS_NULL, Op.IS_NOT_NULL]
-        ops = [Op.EQ, Op.NEQ, Op.IN, Op.NOT_IN, Op.IS_NULL, Op.IS_NOT_NULL]
-        if self.type in ORDERED_TYPES:
-            ops += [Op.GT, Op.GTE, Op.LT, Op.LTE, Op.BETWEEN]
-        if self.type in TEXT_TYPES:
-            ops += TEXT_OPS
-        return ops
-
-
-def column(
-    name: str,
-    ctype: ColumnType,
-    rows: st.SearchStrategy[Any],
-    filters: st.SearchStrategy[Any] | None = None,
-    *,
-    nullable: bool = True,
-) -> Column:
-    return Column(name, ctype, nullable, rows, rows if filters is None else filters)
-
-
 USER_COLUMNS = [
-    column("id", ColumnType.INTEGER, st.nothing(), filter_ints, nullable=False),
-    column("name", ColumnType.STRING, texts, nullable=False),
-    column("email", ColumnType.STRING, texts),
-    column("status", ColumnType.STRING, texts, nullable=False),
-    column("age", ColumnType.INTEGER, row_ints, filter_ints),
-    column("score", ColumnType.FLOAT, floats),
-    column("active", ColumnType.BOOLEAN, st.booleans(), nullable=False),
+    make_column(
+        "id", ColumnType.INTEGER, st.nothing(), nullable=False, filters=filter_ints
+    ),
+    make_column("name", ColumnType.STRING, texts, nullable=False),
+    make_column("email", ColumnType.STRING, texts),
+    make_column("status", ColumnType.STRING, texts, nullable=False),
+    make_column("age", ColumnType.INTEGER, row_ints, filters=filter_ints),
+    make_column("score", ColumnType.FLOAT, floats),
+    make_column("active", ColumnType.BOOLEAN, st.booleans(), nullable=False),
 ]
 THING_COLUMNS = [
-    column("count", ColumnType.INTEGER, row_ints, filter_ints),
-    column("ratio", ColumnType.FLOAT, floats),
-    column("price", ColumnType.DECIMAL, st.one_of(prices, long_prices).map(str)),
-    column("label", ColumnType.STRING, texts),
-    column("body", ColumnType.TEXT, texts),
-    column("flag", ColumnType.BOOLEAN, st.booleans()),
-    column("day", ColumnType.DATE, st.dates().map(date.isoformat)),
-    column("moment", ColumnType.DATETIME, moments),
-    column("clock", ColumnType.TIME, st.times().map(time.isoformat)),
-    column(
+    make_column("count", ColumnType.INTEGER, row_ints, filters=filter_ints),
+    make_column("ratio", ColumnType.FLOAT, floats),
+    make_column("price", ColumnType.DECIMAL, st.one_of(prices, long_prices).map(str)),
+    make_column("label", ColumnType.STRING, texts),
+    make_column("body", ColumnType.TEXT, texts),
+    make_column("flag", ColumnType.BOOLEAN, st.booleans()),
+    make_column("day", ColumnType.DATE, st.dates().map(date.isoformat)),
+    make_column("moment", ColumnType.DATETIME, moments),
+    make_column("clock", ColumnType.TIME, st.times().map(time.isoformat)),
+    make_column(
         "doc",
         ColumnType.JSON,
         st.one_of(st.integers(-2, 2), st.text(max_size=2), st.just({"a": [1, None]})),
     ),
-    column(
+    make_column(
         "blob",
         ColumnType.BYTES,
         st.sampled_from([b"", b"\x00", b"a", b"\xff\x00"]).map(
@@ -914,14 +883,10 @@ THING_COLUMNS = [
 ]
 
 
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 @st.composite
 def text_operand(draw: st.DrawFn, op: Op, col: Column, seen: Sequence[str]) -> str:
     if not seen or draw(st.integers(0, 3)) == 0:
-        fresh: str = draw(col.filters)
+        fresh: str = draw(col.filter_values)
         return fresh
     text = draw(st.sampled_from(seen))
     recasings: list[Callable[[str], str]] = [
@@ -941,10 +906,10 @@ def text_operand(draw: st.DrawFn, op: Op, col: Column, seen: Sequence[str]) -> s
             out.append(
                 {
                     "keep": ch,
-                    "escape": _escape(ch),
+                    "escape": like_escape(ch),
                     "one": "_",
                     "many": "%",
-                    "case": _escape(ch.swapcase()),
+                    "case": like_escape(ch.swapcase()),
                 }[action]
             )
         pattern = "".join(out)
@@ -966,7 +931,11 @@ def filter_option(
     op = draw(st.sampled_from(col.operators))
     if col.type in TEXT_TYPES and draw(st.booleans()):
         op = draw(st.sampled_from(TEXT_OPS))
-    operand = st.one_of(st.sampled_from(seen), col.filters) if seen else col.filters
+    operand = (
+        st.one_of(st.sampled_from(seen), col.filter_values)
+        if seen
+        else col.filter_values
+    )
     value: Any
     null_eq = op in (Op.EQ, Op.NEQ) and col.nullable and draw(st.integers(0, 5)) == 0
     if op in (Op.IS_NULL, Op.IS_NOT_NULL) or null_eq:
@@ -998,7 +967,7 @@ def cases(draw: st.DrawFn, columns: Sequence[Column]) -> Case:
             if col.name == "id":
                 continue
             null = col.nullable and draw(st.integers(0, 4)) == 0
-            row[col.name] = None if null else draw(col.rows)
+            row[col.name] = None if null else draw(col.row_values)
         rows.append(row)
     lists = [
         draw(st.lists(filter_option(columns, rows), min_size=1, max_size=4))

@@ -33,11 +33,12 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.models import Thing, User
+from tests.support.parity import TEXT_OPS, Column, like_escape, make_column
 from websocketspec import Handler
 from websocketspec.adapters.base import Change, Write
 from websocketspec.protocol.filters import Op, compile_filters, matches
 from websocketspec.protocol.messages import FilterOption, QueryOptions
-from websocketspec.protocol.values import ORDERED_TYPES, TEXT_TYPES, ColumnType
+from websocketspec.protocol.values import TEXT_TYPES, ColumnType
 from websocketspec.query import Limits, build_read_query, validate_data
 from websocketspec.types import Record
 
@@ -143,73 +144,37 @@ def _datetime_wire(value: datetime) -> str:
     return text.replace("+00:00", "Z") if value.utcoffset() == timedelta(0) else text
 
 
-TEXT_OPS = [Op.LIKE, Op.ILIKE, Op.CONTAINS, Op.STARTSWITH, Op.ENDSWITH]
-
-
-@dataclass(frozen=True)
-class Column:
-    """A column under test: its type, and how to draw values as a client sends them."""
-
-    name: str
-    type: ColumnType
-    nullable: bool
-    row_values: st.SearchStrategy[Any]
-    filter_values: st.SearchStrategy[Any]
-
-    @property
-    def operators(self) -> list[Op]:
-        if self.type is ColumnType.JSON:
-            return [Op.IS_NULL, Op.IS_NOT_NULL]
-        ops = [Op.EQ, Op.NEQ, Op.IN, Op.NOT_IN, Op.IS_NULL, Op.IS_NOT_NULL]
-        if self.type in ORDERED_TYPES:
-            ops += [Op.GT, Op.GTE, Op.LT, Op.LTE, Op.BETWEEN]
-        if self.type in TEXT_TYPES:
-            ops += TEXT_OPS
-        return ops
-
-
-def _column(
-    name: str,
-    ctype: ColumnType,
-    values: st.SearchStrategy[Any],
-    *,
-    nullable: bool = True,
-    filters: st.SearchStrategy[Any] | None = None,
-) -> Column:
-    return Column(name, ctype, nullable, values, values if filters is None else filters)
-
-
 USER_COLUMNS = [
-    _column(
+    make_column(
         "id", ColumnType.INTEGER, st.nothing(), nullable=False, filters=filter_ints
     ),
-    _column("name", ColumnType.STRING, texts, nullable=False),
-    _column("email", ColumnType.STRING, texts),
-    _column("status", ColumnType.STRING, texts, nullable=False),
-    _column("age", ColumnType.INTEGER, row_ints, filters=filter_ints),
-    _column("score", ColumnType.FLOAT, floats),
-    _column("active", ColumnType.BOOLEAN, st.booleans(), nullable=False),
+    make_column("name", ColumnType.STRING, texts, nullable=False),
+    make_column("email", ColumnType.STRING, texts),
+    make_column("status", ColumnType.STRING, texts, nullable=False),
+    make_column("age", ColumnType.INTEGER, row_ints, filters=filter_ints),
+    make_column("score", ColumnType.FLOAT, floats),
+    make_column("active", ColumnType.BOOLEAN, st.booleans(), nullable=False),
 ]
 
 THING_COLUMNS = [
-    _column(
+    make_column(
         "id", ColumnType.UUID, st.nothing(), nullable=False, filters=st.uuids().map(str)
     ),
-    _column("count", ColumnType.INTEGER, row_ints, filters=filter_ints),
-    _column("ratio", ColumnType.FLOAT, floats),
-    _column(
+    make_column("count", ColumnType.INTEGER, row_ints, filters=filter_ints),
+    make_column("ratio", ColumnType.FLOAT, floats),
+    make_column(
         "price",
         ColumnType.DECIMAL,
         row_decimals.map(str),
         filters=filter_decimals.map(str),
     ),
-    _column("label", ColumnType.STRING, texts),
-    _column("body", ColumnType.TEXT, texts),
-    _column("flag", ColumnType.BOOLEAN, st.booleans()),
-    _column("day", ColumnType.DATE, st.dates().map(date.isoformat)),
-    _column("moment", ColumnType.DATETIME, aware_datetimes.map(_datetime_wire)),
-    _column("clock", ColumnType.TIME, st.times().map(time.isoformat)),
-    _column(
+    make_column("label", ColumnType.STRING, texts),
+    make_column("body", ColumnType.TEXT, texts),
+    make_column("flag", ColumnType.BOOLEAN, st.booleans()),
+    make_column("day", ColumnType.DATE, st.dates().map(date.isoformat)),
+    make_column("moment", ColumnType.DATETIME, aware_datetimes.map(_datetime_wire)),
+    make_column("clock", ColumnType.TIME, st.times().map(time.isoformat)),
+    make_column(
         "doc",
         ColumnType.JSON,
         st.one_of(
@@ -219,7 +184,7 @@ THING_COLUMNS = [
             st.just({"a": [1, None]}),
         ),
     ),
-    _column(
+    make_column(
         "blob",
         ColumnType.BYTES,
         st.sampled_from([b"", b"\x00", b"a", b"ab", b"\xff\x00"]).map(
@@ -250,10 +215,6 @@ def _substring(draw: st.DrawFn, text: str) -> str:
     return text[start:end]
 
 
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def _pattern_from(draw: st.DrawFn, text: str) -> str:
     """A LIKE pattern that mostly matches ``text``: some characters kept (escaped or
     not), some turned into ``_`` or ``%``, case sometimes changed."""
@@ -265,13 +226,13 @@ def _pattern_from(draw: st.DrawFn, text: str) -> str:
         if action == "keep":
             out.append(ch)
         elif action == "escape":
-            out.append(_escape(ch))
+            out.append(like_escape(ch))
         elif action == "one":
             out.append("_")
         elif action == "many":
             out.append("%")
         else:
-            out.append(_escape(ch.swapcase()))
+            out.append(like_escape(ch.swapcase()))
     return "".join(out)
 
 
@@ -280,7 +241,7 @@ def _fragment_pattern(draw: st.DrawFn, seen: Sequence[str]) -> str:
     pieces = st.one_of(
         st.sampled_from(["%", "_", "\\%", "\\_", "\\\\", "\\a", "\\é"]),
         st.text(ALPHABET, max_size=3),
-        *([st.sampled_from(seen).map(_escape)] if seen else []),
+        *([st.sampled_from(seen).map(like_escape)] if seen else []),
     )
     pattern = "".join(draw(st.lists(pieces, max_size=5)))
     if draw(st.booleans()):
@@ -299,7 +260,7 @@ def _text_operand(draw: st.DrawFn, op: Op, column: Column, seen: Sequence[str]) 
             return _pattern_from(draw, text)
         if how == 1:
             return _fragment_pattern(draw, seen)
-        return _escape(_recase(draw, text))
+        return like_escape(_recase(draw, text))
     if op is Op.STARTSWITH:
         part = text[: draw(st.integers(0, len(text)))]
     elif op is Op.ENDSWITH:
